@@ -1,0 +1,3 @@
+from otelbridge.cli import main
+
+raise SystemExit(main())

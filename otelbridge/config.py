@@ -1,0 +1,295 @@
+"""Configuration: one frozen dataclass per stage, defaults in one place.
+
+A config file is TOML with one table per stage (``[source]``, ``[correlate]``,
+``[enrich]``); every key is optional and snake_case. :func:`load_config` reports every
+problem of a file at once (unknown keys included) as one :class:`ConfigError`. Command
+line flags and environment variables (``CONTAINERD_ADDRESS``) override the file.
+Exporters are configured by the standard ``OTEL_*`` variables (see
+:mod:`otelbridge.export.factory`). ``examples/otelbridge.toml`` shows every key.
+"""
+
+from __future__ import annotations
+
+import tomllib
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from otelbridge.errors import ConfigError
+
+DEFAULT_ADDRESS = "/run/containerd/containerd.sock"
+LINK_POLICIES = ("parent", "link", "ignore")
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    """How the bridge listens to containerd."""
+
+    address: str = DEFAULT_ADDRESS
+    """containerd's gRPC socket (``CONTAINERD_ADDRESS`` / ``--address`` override it)."""
+
+    namespaces: tuple[str, ...] = ()
+    """containerd namespaces to follow; empty follows all of them."""
+
+    connect_timeout_s: float = 5.0
+    """How long one connection attempt (and each listing call) may take."""
+
+    reconnect_initial_s: float = 0.2
+    """First delay before re-subscribing after the stream ended; doubles up to the cap."""
+
+    reconnect_max_s: float = 5.0
+    """Cap of the re-subscription delay."""
+
+    initial_lookback_s: float = 300.0
+    """At the first connection, containers created this recently that the bridge has not
+    seen are reported as partial startups; older ones are taken as already running."""
+
+    subscribe_settle_s: float = 0.05
+    """Pause between subscribing and listing containers, so the subscription is active
+    at containerd before the listing is taken (the listing must not miss a container
+    that the stream also misses)."""
+
+    queue_size: int = 65536
+    """Envelopes buffered between the source and the pipeline; overflow is dropped and
+    counted (``otelbridge.events.dropped``)."""
+
+    def validate(self) -> list[str]:
+        problems = []
+        if not self.address:
+            problems.append("source.address must not be empty")
+        for name in ("connect_timeout_s", "reconnect_initial_s", "reconnect_max_s"):
+            if getattr(self, name) <= 0:
+                problems.append(f"source.{name} must be > 0")
+        if self.reconnect_max_s < self.reconnect_initial_s:
+            problems.append("source.reconnect_max_s must be >= source.reconnect_initial_s")
+        if self.initial_lookback_s < 0:
+            problems.append("source.initial_lookback_s must be >= 0")
+        if self.subscribe_settle_s < 0:
+            problems.append("source.subscribe_settle_s must be >= 0")
+        if self.queue_size < 1:
+            problems.append("source.queue_size must be >= 1")
+        return problems
+
+
+@dataclass(frozen=True)
+class CorrelateConfig:
+    """How per-container state is kept and when a startup is given up on."""
+
+    startup_timeout_s: float = 300.0
+    """A startup not ready this long after it was first seen is emitted with outcome
+    ``timeout`` (status ERROR)."""
+
+    idle_timeout_s: float = 900.0
+    """State kept for a started container (to recognise restarts and late events) is
+    evicted, and counted, after this long without an event."""
+
+    max_tracked: int = 100_000
+    """Upper bound of containers tracked at once; beyond it the oldest are evicted and
+    counted (an in-flight startup evicted this way is emitted as ``timeout``)."""
+
+    snapshot_ttl_s: float = 60.0
+    """How long a ``/snapshot/prepare`` waits for the container that will claim it."""
+
+    max_pending_snapshots: int = 10_000
+    """Upper bound of unclaimed snapshot prepares kept."""
+
+    reconcile_grace_s: float = 2.0
+    """After a (re)connect listing, how long to wait for the live events of a container
+    before concluding they were missed and emitting it as partial."""
+
+    def validate(self) -> list[str]:
+        problems = []
+        for name in ("startup_timeout_s", "idle_timeout_s", "snapshot_ttl_s"):
+            if getattr(self, name) <= 0:
+                problems.append(f"correlate.{name} must be > 0")
+        if self.reconcile_grace_s < 0:
+            problems.append("correlate.reconcile_grace_s must be >= 0")
+        if self.max_tracked < 1:
+            problems.append("correlate.max_tracked must be >= 1")
+        if self.max_pending_snapshots < 1:
+            problems.append("correlate.max_pending_snapshots must be >= 1")
+        return problems
+
+
+@dataclass(frozen=True)
+class EnrichConfig:
+    """Where trace context and attributes come from, and their limits."""
+
+    traceparent_keys: tuple[str, ...] = ("tracing.k8s.io/traceparent", "traceparent")
+    """Label and OCI-annotation keys holding a W3C traceparent, in order of preference.
+    The tracestate is read from the same key with ``traceparent`` replaced by
+    ``tracestate``."""
+
+    env_traceparent: str = "TRACEPARENT"
+    """Process environment variable holding a traceparent (looked at after labels and
+    annotations); ``TRACESTATE`` is paired with it. Empty disables the lookup."""
+
+    link_policy: str = "parent"
+    """Default link to the provisioning trace: ``parent`` (the startup is a child of the
+    provisioning span), ``link`` (a new trace with a span link) or ``ignore``."""
+
+    namespace_link_policy: Mapping[str, str] = field(default_factory=dict)
+    """Per containerd namespace overrides of ``link_policy``."""
+
+    label_attributes: tuple[str, ...] = ()
+    """Container label keys (fnmatch globs) copied to spans as ``container.label.<key>``."""
+
+    max_label_attributes: int = 32
+    """At most this many label attributes per startup; the rest are dropped and counted."""
+
+    max_attribute_length: int = 256
+    """Tenant-controlled string values (labels, image names) are truncated to this many
+    characters; truncations are counted."""
+
+    metadata_timeout_s: float = 2.0
+    """How long a completed startup waits for its container record before it is emitted
+    without it (counted as ``otelbridge.metadata.late``)."""
+
+    lookup_workers: int = 4
+    """Threads looking up container records concurrently."""
+
+    node_name: str = ""
+    """``k8s.node.name`` resource attribute; empty takes ``NODE_NAME`` from the environment
+    when set."""
+
+    def policy_for(self, namespace: str) -> str:
+        return self.namespace_link_policy.get(namespace, self.link_policy)
+
+    def validate(self) -> list[str]:
+        problems = []
+        if self.link_policy not in LINK_POLICIES:
+            problems.append(f"enrich.link_policy must be one of {LINK_POLICIES}")
+        for ns, policy in self.namespace_link_policy.items():
+            if policy not in LINK_POLICIES:
+                problems.append(
+                    f"enrich.namespace_link_policy[{ns!r}] must be one of {LINK_POLICIES}"
+                )
+        for key in self.traceparent_keys:
+            if "traceparent" not in key:
+                problems.append(f"enrich.traceparent_keys: {key!r} does not contain 'traceparent'")
+        if self.max_label_attributes < 0:
+            problems.append("enrich.max_label_attributes must be >= 0")
+        if self.max_attribute_length < 16:
+            problems.append("enrich.max_attribute_length must be >= 16")
+        if self.metadata_timeout_s < 0:
+            problems.append("enrich.metadata_timeout_s must be >= 0")
+        if self.lookup_workers < 1:
+            problems.append("enrich.lookup_workers must be >= 1")
+        return problems
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole bridge configuration."""
+
+    source: SourceConfig = field(default_factory=SourceConfig)
+    correlate: CorrelateConfig = field(default_factory=CorrelateConfig)
+    enrich: EnrichConfig = field(default_factory=EnrichConfig)
+
+    def validate(self) -> list[str]:
+        return self.source.validate() + self.correlate.validate() + self.enrich.validate()
+
+    def checked(self) -> Config:
+        """Returns self, or raises :class:`ConfigError` listing every problem."""
+        problems = self.validate()
+        if problems:
+            raise ConfigError(problems)
+        return self
+
+
+def _coerce(value: Any, hint: Any, where: str, problems: list[str]) -> Any:
+    """Checks a TOML value against a field's type; converts lists to tuples."""
+    origin = typing.get_origin(hint)
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            problems.append(f"{where}: expected a number, got {value!r}")
+            return None
+        return float(value)
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            problems.append(f"{where}: expected an integer, got {value!r}")
+            return None
+        return value
+    if hint is str:
+        if not isinstance(value, str):
+            problems.append(f"{where}: expected a string, got {value!r}")
+            return None
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            problems.append(f"{where}: expected true or false, got {value!r}")
+            return None
+        return value
+    if origin is tuple:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            problems.append(f"{where}: expected a list of strings, got {value!r}")
+            return None
+        return tuple(value)
+    if origin in (Mapping, dict) or (isinstance(origin, type) and issubclass(origin, Mapping)):
+        if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+            problems.append(f"{where}: expected a table of strings, got {value!r}")
+            return None
+        return dict(value)
+    raise TypeError(f"unsupported config type {hint!r} at {where}")  # a bug, not bad input
+
+
+def _section(cls: type[Any], data: Any, name: str, problems: list[str]) -> Any:
+    if not isinstance(data, dict):
+        problems.append(f"[{name}] must be a table")
+        return cls()
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        if key not in known:
+            problems.append(f"{name}.{key}: unknown key")
+            continue
+        coerced = _coerce(value, hints[key], f"{name}.{key}", problems)
+        if coerced is not None:
+            kwargs[key] = coerced
+    return cls(**kwargs)
+
+
+def config_from_mapping(data: Mapping[str, Any]) -> Config:
+    """Builds a :class:`Config` from parsed TOML; raises ConfigError with every problem."""
+    problems: list[str] = []
+    sections: dict[str, Any] = {}
+    known = {f.name: f for f in fields(Config)}
+    for name, value in data.items():
+        if name not in known:
+            problems.append(f"[{name}]: unknown section")
+            continue
+        section_type = typing.get_type_hints(Config)[name]
+        sections[name] = _section(section_type, value, name, problems)
+    cfg = Config(**sections)
+    problems.extend(cfg.validate())
+    if problems:
+        raise ConfigError(problems)
+    return cfg
+
+
+def load_config(path: Path | None) -> Config:
+    """Reads a TOML config file (``None``: the defaults)."""
+    if path is None:
+        return Config()
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read ({exc.strerror})"]) from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{path}: not valid TOML ({exc})"]) from exc
+    return config_from_mapping(data)
+
+
+__all__ = [
+    "DEFAULT_ADDRESS",
+    "LINK_POLICIES",
+    "Config",
+    "CorrelateConfig",
+    "EnrichConfig",
+    "SourceConfig",
+    "config_from_mapping",
+    "load_config",
+]

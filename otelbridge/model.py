@@ -1,0 +1,208 @@
+"""The values that travel between stages.
+
+``RawEnvelope`` (source) -> ``LifecycleEvent`` (decode) -> ``StartupRecord`` (correlate,
+completed by enrich with ``ContainerInfo``) -> spans (emit).
+
+All times are ``int`` nanoseconds since the Unix epoch taken from containerd (``*_ns``);
+``None`` means "not observed".
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import NamedTuple
+
+EMPTY_MAP: Mapping[str, str] = MappingProxyType({})
+
+
+def _empty_map() -> Mapping[str, str]:
+    return EMPTY_MAP
+
+
+class ContainerKey(NamedTuple):
+    """A container is identified by its containerd namespace and id."""
+
+    namespace: str
+    id: str
+
+    def __str__(self) -> str:
+        return f"{self.namespace}/{self.id}"
+
+
+@dataclass(frozen=True, slots=True)
+class RawEnvelope:
+    """One event as containerd published it, payload still encoded.
+
+    ``type_url`` and ``payload`` are the envelope's ``Any``; a recording stores exactly
+    these fields, so replaying it is lossless.
+    """
+
+    timestamp_ns: int
+    namespace: str
+    topic: str
+    type_url: str
+    payload: bytes
+
+
+class EventKind(enum.Enum):
+    """The lifecycle events otelbridge understands (one per containerd topic)."""
+
+    SNAPSHOT_PREPARE = "snapshot_prepare"
+    SNAPSHOT_COMMIT = "snapshot_commit"
+    SNAPSHOT_REMOVE = "snapshot_remove"
+    CONTAINER_CREATE = "container_create"
+    CONTAINER_UPDATE = "container_update"
+    CONTAINER_DELETE = "container_delete"
+    TASK_CREATE = "task_create"
+    TASK_START = "task_start"
+    TASK_EXIT = "task_exit"
+    TASK_DELETE = "task_delete"
+    TASK_OOM = "task_oom"
+
+
+@dataclass(frozen=True, slots=True)
+class LifecycleEvent:
+    """A decoded event. ``subject`` is the container id (the snapshot key for
+    snapshot events). Fields that the topic does not carry keep their defaults."""
+
+    kind: EventKind
+    timestamp_ns: int
+    namespace: str
+    subject: str
+    pid: int = 0
+    exec_id: str = ""
+    exit_status: int = 0
+    exited_at_ns: int = 0
+    image: str = ""
+    runtime: str = ""
+    snapshotter: str = ""
+    parent: str = ""
+    labels: Mapping[str, str] = field(default_factory=_empty_map)
+
+    @property
+    def key(self) -> ContainerKey:
+        return ContainerKey(self.namespace, self.subject)
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerInfo:
+    """What containerd's container record says about a container (``Containers/Get``).
+
+    ``env`` holds only the trace-context carrier variables (``TRACEPARENT``,
+    ``TRACESTATE``) of the process environment: the rest may hold secrets and is never
+    kept.
+    """
+
+    namespace: str
+    id: str
+    image: str = ""
+    runtime: str = ""
+    snapshotter: str = ""
+    snapshot_key: str = ""
+    created_at_ns: int = 0
+    labels: Mapping[str, str] = field(default_factory=_empty_map)
+    annotations: Mapping[str, str] = field(default_factory=_empty_map)
+    env: Mapping[str, str] = field(default_factory=_empty_map)
+
+    @property
+    def key(self) -> ContainerKey:
+        return ContainerKey(self.namespace, self.id)
+
+
+class TaskState(enum.Enum):
+    UNKNOWN = "unknown"
+    CREATED = "created"
+    RUNNING = "running"
+    STOPPED = "stopped"
+    PAUSED = "paused"
+
+
+@dataclass(frozen=True, slots=True)
+class TaskInfo:
+    """A container's init task as ``Tasks/List`` reports it."""
+
+    namespace: str
+    container_id: str
+    pid: int
+    state: TaskState
+    exit_status: int = 0
+    exited_at_ns: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ReconcileSnapshot:
+    """What containerd holds right after a (re)subscription, for reconciliation.
+
+    ``since_ns`` is the horizon: a container created after it that the correlator does
+    not know was started while nobody listened. ``taken_at_ns`` is the clock time of the
+    listing; ``namespaces`` are the namespaces it covers completely.
+    """
+
+    reason: str
+    since_ns: int
+    taken_at_ns: int
+    namespaces: tuple[str, ...]
+    containers: tuple[ContainerInfo, ...]
+    tasks: Mapping[ContainerKey, TaskInfo]
+
+
+class Outcome(enum.Enum):
+    """How a startup ended; the value is the ``otelbridge.startup.outcome`` attribute."""
+
+    READY = "ready"
+    EXITED = "exited"  # the task exited before it was ready
+    DELETED = "deleted"  # the container was deleted before its task started
+    TIMEOUT = "timeout"  # not ready within the startup timeout
+    RECONCILED = "reconciled"  # found by listing; its events were missed
+    INCOMPLETE = "incomplete"  # the input ended (replay) before the startup did
+
+
+@dataclass(slots=True)
+class StartupRecord:
+    """One container startup, as the correlator assembled it.
+
+    Mutable while in flight (the correlator's per-container state), frozen in practice
+    once handed on. ``incarnation_ns`` tells apart containers that reuse an id: it is the
+    ``/containers/create`` envelope time when seen, else the record's ``created_at``, else
+    the first event time. Span IDs derive from ``(key, incarnation_ns, attempt)``.
+    """
+
+    key: ContainerKey
+    incarnation_ns: int
+    attempt: int = 1
+    snapshot_prepare_ns: int | None = None
+    container_create_ns: int | None = None
+    task_create_ns: int | None = None
+    task_start_ns: int | None = None
+    ready_ns: int | None = None
+    end_ns: int | None = None
+    outcome: Outcome | None = None
+    partial: bool = False
+    pid: int = 0
+    exit_status: int | None = None
+    image: str = ""
+    runtime: str = ""
+    snapshotter: str = ""
+    readiness_source: str = "started"
+    oom_ns: list[int] = field(default_factory=list)
+    info: ContainerInfo | None = None
+
+    @property
+    def start_ns(self) -> int:
+        """The first known moment of the startup."""
+        for t in (
+            self.snapshot_prepare_ns,
+            self.container_create_ns,
+            self.task_create_ns,
+            self.task_start_ns,
+        ):
+            if t is not None:
+                return t
+        return self.incarnation_ns
+
+    @property
+    def done(self) -> bool:
+        return self.outcome is not None
