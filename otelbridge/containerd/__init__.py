@@ -1,0 +1,1 @@
+"""Everything that speaks containerd: topics, hand-written protos, the read-only client."""
