@@ -1,0 +1,1 @@
+"""Emit: completed startup records become OTLP spans (``spans``), named by ``semconv``."""

@@ -1,0 +1,219 @@
+"""Every name otelbridge emits, declared once.
+
+Span names, attribute keys, attribute values with a fixed vocabulary, and the bridge's
+own counters. ``docs/telemetry.md`` documents each of them; ``tests/unit/emit/
+test_semconv_docs.py`` fails when this module and the document drift apart.
+
+Keys follow the OpenTelemetry semantic conventions where one exists (``container.*``,
+``k8s.*``, ``process.*``, ``host.name``); containerd specifics live under
+``containerd.*`` and the bridge's own under ``otelbridge.*``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+INSTRUMENTATION_SCOPE: Final = "otelbridge"
+
+# -- span names ---------------------------------------------------------------------------
+SPAN_CONTAINER_STARTUP: Final = "container.startup"
+SPAN_CONTAINER_CREATE: Final = "container.create"
+SPAN_SHIM_LAUNCH: Final = "shim.launch"
+SPAN_TASK_START: Final = "task.start"
+SPAN_READINESS_WAIT: Final = "readiness.wait"
+SPAN_ROLLOUT: Final = "rollout"
+
+SPAN_NAMES: Final = (
+    SPAN_CONTAINER_STARTUP,
+    SPAN_CONTAINER_CREATE,
+    SPAN_SHIM_LAUNCH,
+    SPAN_TASK_START,
+    SPAN_READINESS_WAIT,
+    SPAN_ROLLOUT,
+)
+
+# -- span event names -----------------------------------------------------------------------
+EVENT_OOM: Final = "container.oom"
+EVENT_NAMES: Final = (EVENT_OOM,)
+
+# -- resource attributes ----------------------------------------------------------------------
+SERVICE_NAME: Final = "service.name"
+HOST_NAME: Final = "host.name"
+K8S_NODE_NAME: Final = "k8s.node.name"
+DEFAULT_SERVICE_NAME: Final = "containerd"
+
+# -- span attributes: semantic conventions ------------------------------------------------------
+CONTAINER_ID: Final = "container.id"
+CONTAINER_NAME: Final = "container.name"
+CONTAINER_IMAGE_NAME: Final = "container.image.name"
+CONTAINER_IMAGE_TAGS: Final = "container.image.tags"
+CONTAINER_RUNTIME_NAME: Final = "container.runtime.name"
+PROCESS_PID: Final = "process.pid"
+PROCESS_EXIT_CODE: Final = "process.exit.code"
+
+# -- span attributes: containerd ----------------------------------------------------------------
+CONTAINERD_NAMESPACE: Final = "containerd.namespace"
+CONTAINERD_RUNTIME_NAME: Final = "containerd.runtime.name"
+CONTAINERD_SNAPSHOTTER: Final = "containerd.snapshotter"
+
+# -- span attributes: otelbridge ----------------------------------------------------------------
+OB_PARTIAL: Final = "otelbridge.partial"
+OB_STARTUP_OUTCOME: Final = "otelbridge.startup.outcome"
+OB_STARTUP_ATTEMPT: Final = "otelbridge.startup.attempt"
+OB_READINESS_SOURCE: Final = "otelbridge.readiness.source"
+OB_TRACE_CONTEXT_SOURCE: Final = "otelbridge.trace_context.source"
+OB_TRACEPARENT_INVALID: Final = "otelbridge.traceparent.invalid"
+OB_TRACESTATE_INVALID: Final = "otelbridge.tracestate.invalid"
+OB_LINK_POLICY: Final = "otelbridge.link.policy"
+OB_MISSING_PHASES: Final = "otelbridge.phases.missing"
+OB_ATTRIBUTES_DROPPED: Final = "otelbridge.attributes.dropped"
+OB_ROLLOUT_NAME: Final = "otelbridge.rollout.name"
+
+CONTAINER_RUNTIME_VALUE: Final = "containerd"
+
+#: Readiness sources (values of ``otelbridge.readiness.source``).
+READINESS_STARTED: Final = "started"
+
+SPAN_ATTRIBUTES: Final = (
+    CONTAINER_ID,
+    CONTAINER_NAME,
+    CONTAINER_IMAGE_NAME,
+    CONTAINER_IMAGE_TAGS,
+    CONTAINER_RUNTIME_NAME,
+    PROCESS_PID,
+    PROCESS_EXIT_CODE,
+    CONTAINERD_NAMESPACE,
+    CONTAINERD_RUNTIME_NAME,
+    CONTAINERD_SNAPSHOTTER,
+    OB_PARTIAL,
+    OB_STARTUP_OUTCOME,
+    OB_STARTUP_ATTEMPT,
+    OB_READINESS_SOURCE,
+    OB_TRACE_CONTEXT_SOURCE,
+    OB_TRACEPARENT_INVALID,
+    OB_TRACESTATE_INVALID,
+    OB_LINK_POLICY,
+    OB_MISSING_PHASES,
+    OB_ATTRIBUTES_DROPPED,
+    OB_ROLLOUT_NAME,
+)
+RESOURCE_ATTRIBUTES: Final = (SERVICE_NAME, HOST_NAME, K8S_NODE_NAME)
+
+
+# -- the bridge's own counters ------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class MetricDecl:
+    """A self-metric: its name, unit (UCUM) and what one increment means."""
+
+    name: str
+    unit: str
+    description: str
+
+
+def _counter(name: str, description: str, unit: str = "{event}") -> MetricDecl:
+    return MetricDecl(name, unit, description)
+
+
+EVENTS_RECEIVED = _counter("otelbridge.events.received", "envelopes read from the source")
+EVENTS_DECODED = _counter("otelbridge.events.decoded", "envelopes decoded into lifecycle events")
+EVENTS_IGNORED = _counter(
+    "otelbridge.events.ignored", "envelopes of known topics that do not concern startups"
+)
+EVENTS_UNKNOWN = _counter(
+    "otelbridge.events.unknown", "envelopes of a topic otelbridge does not know"
+)
+EVENTS_MALFORMED = _counter(
+    "otelbridge.events.malformed", "envelopes or recording lines that could not be decoded"
+)
+EVENTS_DROPPED = _counter(
+    "otelbridge.events.dropped", "envelopes dropped because the event queue was full"
+)
+EVENTS_UNMATCHED = _counter(
+    "otelbridge.events.unmatched",
+    "events about a container the correlator does not track (late, duplicate, or after delete)",
+)
+STARTUPS_COMPLETED = _counter(
+    "otelbridge.startups.completed", "startup records completed (any outcome)", "{startup}"
+)
+STARTUPS_PARTIAL = _counter(
+    "otelbridge.startups.partial", "startup records missing their first events", "{startup}"
+)
+STARTUPS_RECONCILED = _counter(
+    "otelbridge.startups.reconciled",
+    "startups found by listing containerd after their events were missed",
+    "{startup}",
+)
+STATE_EVICTED = _counter(
+    "otelbridge.state.evicted",
+    "per-container states evicted (idle timeout or the tracked-container limit)",
+    "{container}",
+)
+SNAPSHOTS_UNMATCHED = _counter(
+    "otelbridge.snapshots.unmatched",
+    "snapshot prepares never claimed by a container (image unpack, other clients)",
+    "{snapshot}",
+)
+METADATA_LOOKUPS = _counter(
+    "otelbridge.metadata.lookups", "container record lookups (Containers/Get)", "{lookup}"
+)
+METADATA_FAILED = _counter(
+    "otelbridge.metadata.failed",
+    "container record lookups that failed or found the container gone",
+    "{lookup}",
+)
+METADATA_LATE = _counter(
+    "otelbridge.metadata.late",
+    "startups emitted without their container record because the lookup took too long",
+    "{startup}",
+)
+TRACEPARENT_INVALID = _counter(
+    "otelbridge.traceparent.invalid", "trace contexts found but rejected by W3C parsing", "{value}"
+)
+TRACESTATE_INVALID = _counter(
+    "otelbridge.tracestate.invalid", "tracestate values dropped as invalid", "{value}"
+)
+ATTRIBUTES_DROPPED = _counter(
+    "otelbridge.attributes.dropped",
+    "tenant-controlled attributes dropped or truncated by the count/length limits",
+    "{attribute}",
+)
+SPANS_EMITTED = _counter("otelbridge.spans.emitted", "spans handed to the exporters", "{span}")
+SPANS_EXPORTED = _counter("otelbridge.spans.exported", "spans the receiver accepted", "{span}")
+SPANS_DROPPED = _counter(
+    "otelbridge.spans.dropped",
+    "spans dropped: export queue full, retries exhausted, or rejected by the receiver",
+    "{span}",
+)
+EXPORT_RETRIES = _counter(
+    "otelbridge.export.retries", "export attempts retried after a temporary failure", "{attempt}"
+)
+SOURCE_RECONNECTS = _counter(
+    "otelbridge.source.reconnects", "re-subscriptions after the event stream ended", "{connect}"
+)
+
+COUNTERS: Final = (
+    EVENTS_RECEIVED,
+    EVENTS_DECODED,
+    EVENTS_IGNORED,
+    EVENTS_UNKNOWN,
+    EVENTS_MALFORMED,
+    EVENTS_DROPPED,
+    EVENTS_UNMATCHED,
+    STARTUPS_COMPLETED,
+    STARTUPS_PARTIAL,
+    STARTUPS_RECONCILED,
+    STATE_EVICTED,
+    SNAPSHOTS_UNMATCHED,
+    METADATA_LOOKUPS,
+    METADATA_FAILED,
+    METADATA_LATE,
+    TRACEPARENT_INVALID,
+    TRACESTATE_INVALID,
+    ATTRIBUTES_DROPPED,
+    SPANS_EMITTED,
+    SPANS_EXPORTED,
+    SPANS_DROPPED,
+    EXPORT_RETRIES,
+    SOURCE_RECONNECTS,
+)
