@@ -1,0 +1,1 @@
+"""Enrich: container records, trace context and attribute limits for a startup."""
