@@ -1,0 +1,8 @@
+"""Helpers for testing otelbridge and code built on it.
+
+* :mod:`otelbridge.testing.containerd`: a private, real containerd (own root, state and
+  sockets) and ``ctr`` wrappers;
+* :mod:`otelbridge.testing.image`: a tiny busybox OCI image built offline;
+* :mod:`otelbridge.testing.otlp`: a real OTLP receiver (gRPC and HTTP) on loopback;
+* :mod:`otelbridge.testing.events`: builders of containerd envelopes for unit tests.
+"""
