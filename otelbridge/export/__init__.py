@@ -1,0 +1,113 @@
+"""Export: batches of OTLP spans leave the process.
+
+The emit stage builds ``opentelemetry.proto.trace.v1.Span`` messages directly (the
+OpenTelemetry SDK's per-span path is several times too slow for the replay bar, see
+docs/design.md). A :class:`BatchProcessor` queues them, groups them into one
+``ExportTraceServiceRequest`` per batch under the bridge's resource and scope, and hands
+each request to every configured :class:`SpanExporter`.
+
+Layers and who retries:
+
+* an exporter makes **one** attempt and says how it went (:class:`ExportResult`); it
+  never sleeps or loops;
+* the batch processor retries ``RETRY`` results with capped exponential backoff
+  (tenacity) until ``max_elapsed`` has passed, then drops the batch and counts it.
+
+An exporter that learns more than the result (an OTLP partial success, a delay the
+receiver asked for) also implements :class:`ReportsFeedback`; the processor asks for the
+:class:`ExportFeedback` right after each ``export``.
+
+Modules: :mod:`~otelbridge.export.batch` (the processor and its config),
+:mod:`~otelbridge.export.otlp` (OTLP/gRPC and OTLP/HTTP exporters, ``OTEL_EXPORTER_OTLP_*``),
+:mod:`~otelbridge.export.files` (jsonl, console, none; the OTLP/JSON encoding),
+:mod:`~otelbridge.export.factory` (exporters and resource from ``OTEL_*`` variables).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import threading
+from typing import Final, Protocol, runtime_checkable
+
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+)
+
+from otelbridge.clock import Clock, SystemClock
+
+
+class ExportResult(enum.Enum):
+    SUCCESS = "success"
+    RETRY = "retry"  # temporary: the same request may be sent again later
+    FAILURE = "failure"  # permanent: sending it again will not help; drop and count
+
+
+class SpanExporter(Protocol):
+    """Delivers OTLP requests somewhere. Called from the batch processor's thread only."""
+
+    def export(self, request: ExportTraceServiceRequest, span_count: int) -> ExportResult:
+        """Sends ``request`` (holding ``span_count`` spans) once. Must not raise."""
+        ...
+
+    def shutdown(self) -> None:
+        """Releases connections and files. Idempotent."""
+        ...
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ExportFeedback:
+    """What an exporter learned from the receiver on its last attempt, beyond the result.
+
+    ``rejected_spans`` goes with ``SUCCESS``: the receiver accepted the request but refused
+    that many spans (OTLP partial success); they count as dropped, the rest as exported.
+    ``retry_after_s`` goes with ``RETRY``: the receiver asked to wait at least this long
+    (gRPC ``RetryInfo``, HTTP ``Retry-After``); the batch processor honours it.
+    """
+
+    rejected_spans: int = 0
+    retry_after_s: float | None = None
+
+
+NO_FEEDBACK: Final = ExportFeedback()
+
+
+@runtime_checkable
+class ReportsFeedback(Protocol):
+    """Optional: an exporter that can tell more than :class:`ExportResult`.
+
+    The batch processor calls :meth:`last_feedback` right after :meth:`SpanExporter.export`,
+    on the same thread, so an exporter can keep it in a plain attribute.
+    """
+
+    def last_feedback(self) -> ExportFeedback:
+        """Feedback from the most recent ``export`` call (:data:`NO_FEEDBACK` if none)."""
+        ...
+
+
+class LogThrottle:
+    """Lets a repeated warning through at most once per ``interval_s``, counting the rest.
+
+    The export stage may fail on every batch for minutes (a collector outage); one line per
+    batch would drown the log, so callers log only when :meth:`ready` says so and report how
+    many occurrences were folded into that line. Thread-safe.
+    """
+
+    def __init__(self, interval_s: float = 10.0, clock: Clock | None = None) -> None:
+        self._interval_ns = int(interval_s * 1_000_000_000)
+        self._clock: Clock = clock if clock is not None else SystemClock()
+        self._lock = threading.Lock()
+        self._last_ns: int | None = None
+        self._suppressed = 0
+
+    def ready(self) -> int | None:
+        """Records one occurrence. Returns ``None`` to stay quiet, or the number of
+        occurrences since the last line (this one included) when it is time to log."""
+        now = self._clock.now_ns()
+        with self._lock:
+            self._suppressed += 1
+            if self._last_ns is not None and now - self._last_ns < self._interval_ns:
+                return None
+            self._last_ns = now
+            n, self._suppressed = self._suppressed, 0
+            return n
