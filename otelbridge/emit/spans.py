@@ -1,0 +1,242 @@
+"""Emit: a completed startup record -> OTLP ``Span`` messages.
+
+The span tree of one container startup (PRODUCT.md section 4)::
+
+    container.startup      first event -> ready (or the end of the attempt)
+    ├── container.create   /snapshot/prepare -> /containers/create
+    ├── shim.launch        /containers/create -> /tasks/create
+    ├── task.start         /tasks/create -> /tasks/start
+    └── readiness.wait     /tasks/start -> ready
+
+Every start and end time is an envelope time from the record. A phase whose start was
+not observed is left out and named in ``otelbridge.phases.missing``; a phase that started
+but never finished (the task exited, the container was deleted, the startup timed out)
+ends with the startup and has status ERROR, so the waterfall shows where it got stuck.
+
+Spans are built as protobuf messages directly: the OpenTelemetry SDK's span objects
+cost several times more per span than the replay budget allows (docs/design.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyValue
+from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
+
+from otelbridge.emit import ids, semconv
+from otelbridge.enrich.tracecontext import TraceContext
+from otelbridge.model import Outcome, StartupRecord
+
+AttrValue = str | bool | int | float | Sequence[str]
+
+_HAS_IS_REMOTE = 0x100  # SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE_MASK
+_IS_REMOTE = 0x200  # SPAN_FLAGS_CONTEXT_IS_REMOTE_MASK
+_SAMPLED = 0x01
+_INTERNAL = Span.SpanKind.SPAN_KIND_INTERNAL
+_ERROR = Status.StatusCode.STATUS_CODE_ERROR
+
+#: (span name, index of its start and end in StartupRecord.phase_times())
+PHASES: tuple[tuple[str, int, int], ...] = (
+    (semconv.SPAN_CONTAINER_CREATE, 0, 1),
+    (semconv.SPAN_SHIM_LAUNCH, 1, 2),
+    (semconv.SPAN_TASK_START, 2, 3),
+    (semconv.SPAN_READINESS_WAIT, 3, 4),
+)
+
+_OUTCOME_ERRORS = {
+    Outcome.EXITED: "the task exited before the container was ready",
+    Outcome.DELETED: "the container was deleted before its task started",
+    Outcome.TIMEOUT: "the container was not ready within the startup timeout",
+}
+
+
+@dataclass(slots=True)
+class Enrichment:
+    """What the enrich stage adds to a record before its spans are built.
+
+    ``parent``: the provisioning span the startup becomes a child of (link policy
+    ``parent``); ``link``: the provisioning span the startup links to (policy ``link``).
+    At most one of them is set. ``attributes`` go on ``container.startup``;
+    ``phase_attributes`` on every phase span.
+    """
+
+    attributes: list[tuple[str, AttrValue]] = field(default_factory=list)
+    phase_attributes: list[tuple[str, AttrValue]] = field(default_factory=list)
+    parent: TraceContext | None = None
+    link: TraceContext | None = None
+
+
+def kv(key: str, value: AttrValue) -> KeyValue:
+    """One OTLP attribute. ``bool`` is tested before ``int`` (it is one)."""
+    if isinstance(value, str):
+        return KeyValue(key=key, value=AnyValue(string_value=value))
+    if isinstance(value, bool):
+        return KeyValue(key=key, value=AnyValue(bool_value=value))
+    if isinstance(value, int):
+        return KeyValue(key=key, value=AnyValue(int_value=value))
+    if isinstance(value, float):
+        return KeyValue(key=key, value=AnyValue(double_value=value))
+    values = [AnyValue(string_value=str(v)) for v in value]
+    return KeyValue(key=key, value=AnyValue(array_value=ArrayValue(values=values)))
+
+
+#: Attributes whose values are unique per container: never cached.
+_PER_CONTAINER = frozenset(
+    {
+        semconv.CONTAINER_ID,
+        semconv.CONTAINER_NAME,
+        semconv.PROCESS_PID,
+        semconv.PROCESS_EXIT_CODE,
+    }
+)
+_CACHE_LIMIT = 4096
+_kv_cache: dict[tuple[str, str | bool | int | float], KeyValue] = {}
+
+
+def cached_kv(key: str, value: AttrValue) -> KeyValue:
+    """:func:`kv`, reusing the message for values that repeat across startups (outcome,
+    runtime, namespace, image): building a KeyValue costs more than looking one up.
+    The cache is bounded; a full cache is emptied rather than evicted piecemeal."""
+    if key in _PER_CONTAINER or not isinstance(value, str | bool | int | float):
+        return kv(key, value)
+    # (key, True) and (key, 1) hash alike: the value's type is part of the cache key
+    cache_key = (key, value) if type(value) is str else (key + type(value).__name__, value)
+    found = _kv_cache.get(cache_key)
+    if found is None:
+        if len(_kv_cache) >= _CACHE_LIMIT:
+            _kv_cache.clear()
+        found = _kv_cache[cache_key] = kv(key, value)
+    return found
+
+
+def phase_times(rec: StartupRecord) -> tuple[int | None, ...]:
+    """The five moments that bound the four phases, in order."""
+    return (
+        rec.snapshot_prepare_ns,
+        rec.container_create_ns,
+        rec.task_create_ns,
+        rec.task_start_ns,
+        rec.ready_ns,
+    )
+
+
+def build_startup_spans(rec: StartupRecord, enrichment: Enrichment) -> list[Span]:
+    """The spans of one completed startup: ``container.startup`` first, then its phases.
+
+    Pure: the same record and enrichment always give the same spans, IDs included.
+    """
+    identity = ids.startup_identity(rec.key, rec.incarnation_ns, rec.attempt)
+    root_id = ids.span_id(identity, semconv.SPAN_CONTAINER_STARTUP)
+    parent = enrichment.parent
+    if parent is not None:
+        trace_id = parent.trace_id
+        parent_span_id = parent.span_id
+        trace_flags = parent.trace_flags
+        trace_state = parent.trace_state
+        root_flags = trace_flags | _HAS_IS_REMOTE | _IS_REMOTE
+    else:
+        trace_id = ids.trace_id(identity)
+        parent_span_id = b""
+        # startups are always recorded (coverage is part of the contract): a trace of
+        # our own is sampled; a provisioning context's flag is passed on unchanged
+        trace_flags = _SAMPLED
+        trace_state = ""
+        root_flags = trace_flags | _HAS_IS_REMOTE
+    child_flags = trace_flags | _HAS_IS_REMOTE
+    end_ns = rec.end_ns if rec.end_ns is not None else rec.start_ns
+    start_ns = rec.start_ns
+
+    times = phase_times(rec)
+    phase_attrs = [cached_kv(k, v) for k, v in enrichment.phase_attributes]
+    children: list[Span] = []
+    missing: list[str] = []
+    for name, i, j in PHASES:
+        begin, finish = times[i], times[j]
+        if begin is None:
+            missing.append(name)
+            continue
+        status = None
+        if finish is not None:
+            finish = max(finish, begin)  # a replayed file may be out of order
+        elif rec.outcome is Outcome.READY:
+            missing.append(name)
+            continue
+        else:
+            finish = max(end_ns, begin)
+            status = Status(code=_ERROR, message=f"{name} did not complete")
+        children.append(
+            Span(
+                trace_id=trace_id,
+                span_id=ids.span_id(identity, name),
+                parent_span_id=root_id,
+                trace_state=trace_state,
+                flags=child_flags,
+                name=name,
+                kind=_INTERNAL,
+                start_time_unix_nano=begin,
+                end_time_unix_nano=finish,
+                attributes=phase_attrs,
+                status=status,
+            )
+        )
+        if status is not None:
+            break  # later phases never began
+
+    attrs = [cached_kv(k, v) for k, v in enrichment.attributes]
+    if missing:
+        attrs.append(kv(semconv.OB_MISSING_PHASES, missing))
+    message = _OUTCOME_ERRORS.get(rec.outcome) if rec.outcome is not None else None
+    if rec.outcome is Outcome.EXITED and rec.exit_status is not None:
+        message = f"{message} (exit status {rec.exit_status})"
+    root = Span(
+        trace_id=trace_id,
+        span_id=root_id,
+        parent_span_id=parent_span_id,
+        trace_state=trace_state,
+        flags=root_flags,
+        name=semconv.SPAN_CONTAINER_STARTUP,
+        kind=_INTERNAL,
+        start_time_unix_nano=start_ns,
+        end_time_unix_nano=end_ns,
+        attributes=attrs,
+        status=Status(code=_ERROR, message=message) if message else None,
+    )
+    if rec.oom_ns:
+        root.events.extend(Span.Event(time_unix_nano=t, name=semconv.EVENT_OOM) for t in rec.oom_ns)
+    link = enrichment.link
+    if link is not None:
+        root.links.append(
+            Span.Link(
+                trace_id=link.trace_id,
+                span_id=link.span_id,
+                trace_state=link.trace_state,
+                flags=link.trace_flags | _HAS_IS_REMOTE | _IS_REMOTE,
+            )
+        )
+    return [root, *children]
+
+
+def provisioning_span(
+    ctx: TraceContext,
+    *,
+    name: str,
+    start_ns: int,
+    end_ns: int,
+    attributes: Sequence[tuple[str, AttrValue]] = (),
+    error: str | None = None,
+) -> Span:
+    """The root span of a rollout that ``ctx`` names (``otelbridge rollout``, the demo)."""
+    return Span(
+        trace_id=ctx.trace_id,
+        span_id=ctx.span_id,
+        trace_state=ctx.trace_state,
+        flags=ctx.trace_flags | _HAS_IS_REMOTE,
+        name=name,
+        kind=Span.SpanKind.SPAN_KIND_INTERNAL,
+        start_time_unix_nano=start_ns,
+        end_time_unix_nano=end_ns,
+        attributes=[kv(k, v) for k, v in attributes],
+        status=Status(code=_ERROR, message=error) if error else None,
+    )
