@@ -1,0 +1,260 @@
+"""The ``otelbridge`` command line: commands and exit codes, nothing else.
+
+Exit codes: 0 success; 1 the command failed at run time; 2 bad usage or configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from otelbridge import __version__
+from otelbridge.app import build_batch, build_live_bridge
+from otelbridge.clock import EventTimeClock, SystemClock
+from otelbridge.config import Config, load_config
+from otelbridge.containerd.client import ContainerdClient
+from otelbridge.errors import ConfigError, EnvironmentProblem, OtelbridgeError
+from otelbridge.pipeline import Pipeline
+from otelbridge.source.live import LiveSource
+from otelbridge.source.recording import Recorder, Recording, open_text, read_events
+from otelbridge.stats import Counters
+
+_log = logging.getLogger("otelbridge")
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+def _common(p: argparse.ArgumentParser, *, address: bool = True) -> None:
+    if address:
+        p.add_argument(
+            "--address",
+            "-a",
+            help="containerd socket (default: $CONTAINERD_ADDRESS or "
+            "/run/containerd/containerd.sock)",
+        )
+    p.add_argument("--config", "-c", type=Path, help="TOML config file (examples/otelbridge.toml)")
+    p.add_argument(
+        "--namespace",
+        "-n",
+        action="append",
+        default=[],
+        help="follow only this containerd namespace (repeatable; default: all)",
+    )
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)")
+
+
+def _exporting(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--exporter",
+        help="span exporters, comma-separated: otlp, console, jsonl, none "
+        "(default: $OTEL_TRACES_EXPORTER or otlp)",
+    )
+    p.add_argument(
+        "--jsonl-path", default=None, help="file for the jsonl exporter (default: stdout)"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="otelbridge",
+        description="containerd events -> OpenTelemetry container-startup traces",
+    )
+    parser.add_argument("--version", action="version", version=f"otelbridge {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="the node daemon: containerd events -> spans -> OTLP")
+    _common(run)
+    _exporting(run)
+
+    rec = sub.add_parser("record", help="record containerd's raw event stream to a file")
+    _common(rec)
+    rec.add_argument("--output", "-o", required=True, help="file to write (- for stdout)")
+    rec.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds")
+    rec.add_argument("--count", type=int, default=0, help="stop after this many events")
+
+    rep = sub.add_parser(
+        "replay", help="replay a recording (or `ctr events` output) through the pipeline"
+    )
+    _common(rep, address=False)
+    _exporting(rep)
+    rep.add_argument("file", help="recording or `ctr events` output (- for stdin)")
+
+    demo = sub.add_parser(
+        "demo", help="self-contained showcase on a private containerd, with a terminal waterfall"
+    )
+    demo.add_argument("--containers", type=int, default=6, help="containers in the rollout")
+    demo.add_argument(
+        "--install",
+        action="store_true",
+        help="install missing packages (containerd, runc, umoci, busybox-static) with apt",
+    )
+    demo.add_argument("--no-color", action="store_true", help="plain text output")
+    demo.add_argument("-v", "--verbose", action="count", default=0)
+    _exporting(demo)
+    return parser
+
+
+def _setup_logging(verbosity: int) -> None:
+    level = logging.WARNING if verbosity <= 0 else logging.INFO if verbosity == 1 else logging.DEBUG
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+
+
+def _config(args: argparse.Namespace) -> Config:
+    cfg = load_config(args.config)
+    source = cfg.source
+    if "address" in vars(args):
+        # --address, then $CONTAINERD_ADDRESS, then the config file, then the default
+        address = args.address or os.environ.get("CONTAINERD_ADDRESS") or source.address
+        source = dataclasses.replace(source, address=address)
+    if args.namespace:
+        source = dataclasses.replace(source, namespaces=tuple(args.namespace))
+    return dataclasses.replace(cfg, source=source).checked()
+
+
+def _wait_for_signal(stop: threading.Event, duration_s: float = 0.0) -> None:
+    def handler(signum: int, _frame: object) -> None:
+        _log.info("received %s, shutting down", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    stop.wait(duration_s or None)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    bridge = build_live_bridge(cfg, exporter=args.exporter, jsonl_path=args.jsonl_path)
+    _log.warning(
+        "otelbridge %s following containerd at %s (namespaces: %s)",
+        __version__,
+        cfg.source.address,
+        ", ".join(cfg.source.namespaces) or "all",
+    )
+    bridge.start()
+    stop = threading.Event()
+    _wait_for_signal(stop)
+    bridge.shutdown()
+    _log.warning("stopped; counters: %s", bridge.counters.nonzero())
+    return EXIT_OK
+
+
+def cmd_record(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    counters = Counters()
+    stop = threading.Event()
+    out = sys.stdout if args.output == "-" else open(args.output, "w", encoding="utf-8")  # noqa: SIM115
+    try:
+        with ContainerdClient(cfg.source.address, timeout_s=cfg.source.connect_timeout_s) as client:
+            recorder = Recorder(
+                out, client.get_container, counters, max_events=args.count, on_limit=stop.set
+            )
+            recorder.header(address=cfg.source.address, started_at_ns=time.time_ns())
+            source = LiveSource(client, cfg.source, counters, SystemClock())
+            thread = threading.Thread(
+                target=source.run, args=(recorder, stop), name="otelbridge-record", daemon=True
+            )
+            thread.start()
+            _wait_for_signal(stop, args.duration)
+            stop.set()
+            thread.join(5.0)
+    finally:
+        if out is not sys.stdout:
+            out.close()
+    print(f"recorded {recorder.events} events", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    counters = Counters()
+    batch = build_batch(cfg, counters, exporter=args.exporter, jsonl_path=args.jsonl_path)
+    recording = Recording()
+    pipeline = Pipeline(
+        cfg, batch, counters, clock=EventTimeClock(), lookup=recording.lookup, lookup_async=False
+    )
+    batch.start()
+    started = time.perf_counter()
+    cpu_started = time.process_time()
+    try:
+        stream = open_text(args.file)
+    except OSError as exc:
+        print(f"otelbridge replay: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
+        return EXIT_FAILED
+    namespaces = set(cfg.source.namespaces)
+    with stream:
+        for envelope in read_events(stream, counters, recording):
+            if not namespaces or envelope.namespace in namespaces:
+                pipeline.feed(envelope)
+    pipeline.finish()
+    elapsed = time.perf_counter() - started
+    cpu = time.process_time() - cpu_started
+    batch.shutdown()
+    stats = counters.snapshot()
+    startups = stats["otelbridge.startups.completed"]
+    print(
+        f"replayed {stats['otelbridge.events.received']} events -> {startups} startups, "
+        f"{stats['otelbridge.spans.emitted']} spans in {elapsed:.3f}s "
+        f"({startups / cpu if cpu > 0 else 0:.0f} startups per CPU-second)",
+        file=sys.stderr,
+    )
+    problems = {
+        k: v
+        for k, v in stats.items()
+        if v
+        and k
+        in (
+            "otelbridge.events.malformed",
+            "otelbridge.events.unknown",
+            "otelbridge.startups.partial",
+            "otelbridge.traceparent.invalid",
+            "otelbridge.spans.dropped",
+        )
+    }
+    if problems:
+        print(f"  of note: {problems}", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from otelbridge.demo.run import run_demo  # noqa: PLC0415 - only the demo needs it
+
+    return run_demo(
+        containers=args.containers,
+        install=args.install,
+        color=not args.no_color and sys.stdout.isatty(),
+        exporter=args.exporter,
+        jsonl_path=args.jsonl_path,
+    )
+
+
+COMMANDS = {"run": cmd_run, "record": cmd_record, "replay": cmd_replay, "demo": cmd_demo}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    try:
+        return COMMANDS[args.command](args)
+    except ConfigError as exc:
+        print(f"otelbridge {args.command}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except EnvironmentProblem as exc:
+        print(f"otelbridge {args.command}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except OtelbridgeError as exc:
+        print(f"otelbridge {args.command}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return EXIT_FAILED

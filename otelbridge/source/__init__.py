@@ -1,0 +1,1 @@
+"""Sources of raw envelopes: the live containerd subscription, recordings to replay."""
