@@ -1,0 +1,172 @@
+"""The commands as users run them: real processes against a private containerd."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from otelbridge.emit import semconv
+from otelbridge.export.files import from_otlp_json
+from otelbridge.testing.otlp import OtlpReceiver
+from tests.conftest import Namespace
+from tests.integration.test_live_bridge import TRACE_ID, TRACEPARENT
+
+pytestmark = pytest.mark.containerd
+
+OTELBRIDGE = [sys.executable, "-m", "otelbridge"]
+
+
+def start(args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [*OTELBRIDGE, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def wait_for_line(proc: subprocess.Popen[str], text: str, timeout_s: float = 15) -> None:
+    assert proc.stderr is not None
+    deadline = time.monotonic() + timeout_s
+    seen = []
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if not line and proc.poll() is not None:
+            break
+        seen.append(line)
+        if text in line:
+            return
+    raise AssertionError(f"never saw {text!r}; stderr: {''.join(seen)[-2000:]}")
+
+
+def stop(proc: subprocess.Popen[str], timeout_s: float = 20) -> tuple[int, str, str]:
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=timeout_s)
+    return proc.returncode, out, err
+
+
+def test_run_daemon_exports_and_stops_cleanly_on_sigterm(
+    namespace: Namespace, receiver: OtlpReceiver
+) -> None:
+    proc = start(
+        ["run", "-v", "--address", namespace.cd.address, "--namespace", namespace.name],
+        env={"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint, "OTEL_BSP_SCHEDULE_DELAY": "100"},
+    )
+    try:
+        wait_for_line(proc, "subscribed to containerd")
+        cid = f"daemon-{uuid.uuid4().hex[:6]}"
+        namespace.run(cid, "/bin/true", labels={"traceparent": TRACEPARENT})
+        spans = receiver.wait_for_spans(
+            lambda s: s.attributes.get(semconv.CONTAINER_ID) == cid, count=5, timeout_s=15
+        )
+        assert {s.span.trace_id.hex() for s in spans} == {TRACE_ID}
+    finally:
+        code, _, err = stop(proc)
+    assert code == 0, err
+    assert "stopped; counters" in err
+
+
+def test_a_replayed_recording_gives_the_live_spans_exactly(
+    namespace: Namespace, receiver: OtlpReceiver, tmp_path: Path
+) -> None:
+    recording = tmp_path / "events.jsonl"
+    live = start(
+        ["run", "-v", "--address", namespace.cd.address, "--namespace", namespace.name],
+        env={"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint, "OTEL_BSP_SCHEDULE_DELAY": "100"},
+    )
+    recorder = start(
+        [
+            "record",
+            "-v",
+            "--address",
+            namespace.cd.address,
+            "--namespace",
+            namespace.name,
+            "--output",
+            str(recording),
+        ]
+    )
+    try:
+        wait_for_line(live, "subscribed to containerd")
+        wait_for_line(recorder, "subscribed to containerd")
+        ids = [f"rec-{i}-{uuid.uuid4().hex[:6]}" for i in range(3)]
+        for i, cid in enumerate(ids):
+            labels = {"traceparent": TRACEPARENT} if i < 2 else {}
+            namespace.run(cid, "/bin/sh", "-c", "sleep 0.3", labels=labels)
+        live_spans = receiver.wait_for_spans(
+            lambda s: s.attributes.get(semconv.CONTAINER_ID) in ids, count=15, timeout_s=20
+        )
+    finally:
+        stop(live)
+        code, _, err = stop(recorder)
+    assert code == 0, err
+
+    out = tmp_path / "spans.jsonl"
+    replay = subprocess.run(
+        [*OTELBRIDGE, "replay", "--exporter", "jsonl", "--jsonl-path", str(out), str(recording)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert replay.returncode == 0, replay.stderr
+    assert "replayed" in replay.stderr
+
+    def key(span):  # type: ignore[no-untyped-def]
+        return (
+            span.trace_id,
+            span.span_id,
+            span.parent_span_id,
+            span.name,
+            span.start_time_unix_nano,
+            span.end_time_unix_nano,
+        )
+
+    replayed = {
+        key(span)
+        for line in out.read_text().splitlines()
+        for rs in from_otlp_json(json.loads(line)).resource_spans
+        for ss in rs.scope_spans
+        for span in ss.spans
+    }
+    assert {key(s.span) for s in live_spans} <= replayed
+
+
+def test_replay_of_garbage_reports_it_and_succeeds(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"format":"otelbridge-recording","version":1}\nnot json\n{"ts": "x"}\n')
+    result = subprocess.run(
+        [*OTELBRIDGE, "replay", "--exporter", "none", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0
+    assert "otelbridge.events.malformed': 2" in result.stderr
+    assert "line 2" in result.stderr
+
+
+def test_bad_config_lists_every_problem_and_exits_2(tmp_path: Path) -> None:
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text('[source]\nqueue_size = "big"\nbogus = 1\n[enrich]\nlink_policy = "x"\n')
+    result = subprocess.run(
+        [*OTELBRIDGE, "replay", "--config", str(cfg), "-"],
+        input="",
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    for problem in ("source.queue_size", "source.bogus: unknown key", "enrich.link_policy"):
+        assert problem in result.stderr
