@@ -124,43 +124,50 @@ class Correlator:
     def process(self, event: LifecycleEvent) -> Sequence[StartupRecord]:
         """Feeds one event; returns the records it completed (usually none)."""
         kind = event.kind
+        key = ContainerKey(event.namespace, event.subject)
         if kind is EventKind.CONTAINER_CREATE:
-            return self._container_create(event)
+            return self._container_create(key, event)
         if kind is EventKind.TASK_CREATE:
-            return self._task_create(event)
+            return self._task_create(key, event)
         if kind is EventKind.TASK_START:
-            return self._task_start(event)
+            return self._task_start(key, event)
         if kind is EventKind.TASK_EXIT:
-            return self._task_exit(event)
+            return self._task_exit(key, event)
         if kind is EventKind.SNAPSHOT_PREPARE:
-            self._snapshot_prepare(event)
+            self._snapshot_prepare(key, event)
             return _NONE
         if kind is EventKind.CONTAINER_DELETE:
-            return self._container_delete(event)
+            return self._container_delete(key, event)
         if kind is EventKind.TASK_OOM:
-            flight = self._live.get(event.key)
+            flight = self._live.get(key)
             if flight is not None:
                 flight.record.oom_ns.append(event.timestamp_ns)
             return _NONE
         if kind is EventKind.SNAPSHOT_COMMIT or kind is EventKind.SNAPSHOT_REMOVE:
             # an unpack (commit) or cleanup (remove) of a snapshot no container claimed
-            self._prepares.pop(event.key, None)
+            self._prepares.pop(key, None)
             return _NONE
         # TASK_DELETE, CONTAINER_UPDATE: nothing to do for startups
         return _NONE
 
-    def _snapshot_prepare(self, event: LifecycleEvent) -> None:
+    def _snapshot_prepare(self, key: ContainerKey, event: LifecycleEvent) -> None:
         prepares = self._prepares
-        prepares[event.key] = (event.timestamp_ns, self._clock.now_ns() + self._snapshot_ttl_ns)
+        prepares[key] = (event.timestamp_ns, self._clock.now_ns() + self._snapshot_ttl_ns)
         if len(prepares) > self._cfg.max_pending_snapshots:
             prepares.popitem(last=False)
             self._counters.inc(semconv.SNAPSHOTS_UNMATCHED)
 
     def _start(
-        self, event: LifecycleEvent, *, incarnation_ns: int, attempt: int = 1, partial: bool
+        self,
+        key: ContainerKey,
+        event: LifecycleEvent,
+        *,
+        incarnation_ns: int,
+        attempt: int = 1,
+        partial: bool,
     ) -> _InFlight:
         record = StartupRecord(
-            key=event.key,
+            key=key,
             incarnation_ns=incarnation_ns,
             attempt=attempt,
             partial=partial,
@@ -170,14 +177,15 @@ class Correlator:
         flight = _InFlight(
             record, self._clock.now_ns() + self._startup_timeout_ns, event.timestamp_ns
         )
-        self._live[event.key] = flight
+        self._live[key] = flight
         self._bound()
         if self._on_new is not None:
             self._on_new(record)
         return flight
 
-    def _container_create(self, event: LifecycleEvent) -> Sequence[StartupRecord]:
-        key = event.key
+    def _container_create(
+        self, key: ContainerKey, event: LifecycleEvent
+    ) -> Sequence[StartupRecord]:
         t = event.timestamp_ns
         flight = self._live.get(key)
         if flight is not None:
@@ -199,14 +207,14 @@ class Correlator:
                 return _NONE
             # the same id created again: its delete was missed
             done = self._finish(flight, Outcome.INCOMPLETE, flight.last_event_ns)
-            rest = self._container_create(event)
+            rest = self._container_create(key, event)
             return (*done, *rest)
         tomb = self._done.get(key)
         if tomb is not None:
             if tomb.incarnation_ns == t:
                 return self._unmatched(event, "duplicate /containers/create")
             del self._done[key]  # an id reused after a delete that was missed
-        flight = self._start(event, incarnation_ns=t, partial=False)
+        flight = self._start(key, event, incarnation_ns=t, partial=False)
         flight.record.container_create_ns = t
         self._claim_snapshot(flight.record)
         return _NONE
@@ -218,8 +226,7 @@ class Correlator:
         if prepared is not None:
             rec.snapshot_prepare_ns = prepared[0]
 
-    def _task_create(self, event: LifecycleEvent) -> Sequence[StartupRecord]:
-        key = event.key
+    def _task_create(self, key: ContainerKey, event: LifecycleEvent) -> Sequence[StartupRecord]:
         t = event.timestamp_ns
         flight = self._live.get(key)
         if flight is None:
@@ -227,13 +234,14 @@ class Correlator:
             if tomb is not None:
                 # a new task of a container whose earlier task already started: a restart
                 flight = self._start(
+                    key,
                     event,
                     incarnation_ns=tomb.incarnation_ns,
                     attempt=tomb.attempt + 1,
                     partial=False,
                 )
             else:
-                flight = self._start(event, incarnation_ns=t, partial=True)
+                flight = self._start(key, event, incarnation_ns=t, partial=True)
         rec = flight.record
         if rec.task_create_ns is not None:
             return self._unmatched(event, "duplicate /tasks/create")
@@ -242,13 +250,12 @@ class Correlator:
         flight.last_event_ns = t
         return _NONE
 
-    def _task_start(self, event: LifecycleEvent) -> Sequence[StartupRecord]:
-        key = event.key
+    def _task_start(self, key: ContainerKey, event: LifecycleEvent) -> Sequence[StartupRecord]:
         flight = self._live.get(key)
         if flight is None:
             if key in self._done:
                 return self._unmatched(event, "/tasks/start after the startup completed")
-            flight = self._start(event, incarnation_ns=event.timestamp_ns, partial=True)
+            flight = self._start(key, event, incarnation_ns=event.timestamp_ns, partial=True)
         rec = flight.record
         if rec.task_create_ns is None:
             rec.partial = True
@@ -258,22 +265,23 @@ class Correlator:
         rec.ready_ns = event.timestamp_ns
         return self._finish(flight, Outcome.READY, event.timestamp_ns)
 
-    def _task_exit(self, event: LifecycleEvent) -> Sequence[StartupRecord]:
+    def _task_exit(self, key: ContainerKey, event: LifecycleEvent) -> Sequence[StartupRecord]:
         if event.exec_id and event.exec_id != event.subject:
             return _NONE  # an exec'd process, not the container's init process
-        flight = self._live.get(event.key)
+        flight = self._live.get(key)
         if flight is None:
-            tomb = self._done.get(event.key)
+            tomb = self._done.get(key)
             if tomb is not None:
-                self._touch(event.key, tomb)
+                self._touch(key, tomb)
                 return _NONE
             return self._unmatched(event, "/tasks/exit of a container not seen starting")
         rec = flight.record
         rec.exit_status = event.exit_status
         return self._finish(flight, Outcome.EXITED, event.timestamp_ns)
 
-    def _container_delete(self, event: LifecycleEvent) -> Sequence[StartupRecord]:
-        key = event.key
+    def _container_delete(
+        self, key: ContainerKey, event: LifecycleEvent
+    ) -> Sequence[StartupRecord]:
         self._prepares.pop(key, None)
         if self._done.pop(key, None) is not None:
             return _NONE

@@ -176,17 +176,19 @@ def decode(env: RawEnvelope) -> LifecycleEvent | Skipped:
 class Decoder:
     """The decode stage: :func:`decode` plus counting and (throttled) logging of skips.
 
-    Called on the pipeline's event thread; never raises.
+    Called on one thread only (the pipeline's event thread); never raises.
     """
 
     def __init__(self, counters: Counters) -> None:
         self._counters = counters
+        self._decoded = counters.cell(semconv.EVENTS_DECODED)  # written by this thread only
 
     def __call__(self, env: RawEnvelope) -> LifecycleEvent | None:
         result = decode(env)
-        if isinstance(result, LifecycleEvent):
-            self._counters.inc(semconv.EVENTS_DECODED)
+        if type(result) is LifecycleEvent:
+            self._decoded.value += 1
             return result
+        assert isinstance(result, Skipped)
         if result.reason is SkipReason.IGNORED:
             self._counters.inc(semconv.EVENTS_IGNORED)
         elif result.reason is SkipReason.UNKNOWN:
