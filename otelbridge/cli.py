@@ -94,9 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--containers", type=int, default=6, help="containers in the rollout")
     demo.add_argument(
-        "--install",
+        "--no-install",
         action="store_true",
-        help="install missing packages (containerd, runc, umoci, busybox-static) with apt",
+        help="do not install missing packages (containerd, runc, umoci, busybox-static); "
+        "by default they are installed with apt when running as root",
     )
     demo.add_argument("--no-color", action="store_true", help="plain text output")
     demo.add_argument("-v", "--verbose", action="count", default=0)
@@ -232,7 +233,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     return run_demo(
         containers=args.containers,
-        install=args.install,
+        install=not args.no_install,
         color=not args.no_color and sys.stdout.isatty(),
         exporter=args.exporter,
         jsonl_path=args.jsonl_path,

@@ -10,6 +10,7 @@ Exporters are configured by the standard ``OTEL_*`` variables (see
 
 from __future__ import annotations
 
+import math
 import tomllib
 import typing
 from collections.abc import Mapping
@@ -169,6 +170,11 @@ class EnrichConfig:
         for key in self.traceparent_keys:
             if "traceparent" not in key:
                 problems.append(f"enrich.traceparent_keys: {key!r} does not contain 'traceparent'")
+        if self.env_traceparent and "PARENT" not in self.env_traceparent:
+            # its TRACESTATE partner is the same name with PARENT replaced by STATE
+            problems.append(
+                f"enrich.env_traceparent: {self.env_traceparent!r} does not contain 'PARENT'"
+            )
         if self.max_label_attributes < 0:
             problems.append("enrich.max_label_attributes must be >= 0")
         if self.max_attribute_length < 16:
@@ -189,6 +195,16 @@ class Config:
     enrich: EnrichConfig = field(default_factory=EnrichConfig)
 
     def validate(self) -> list[str]:
+        problems = []
+        for section in fields(self):
+            stage = getattr(self, section.name)
+            for f in fields(stage):
+                value = getattr(stage, f.name)
+                # nan passes every comparison in the stages' validate(): reject it here
+                if isinstance(value, float) and not math.isfinite(value):
+                    problems.append(f"{section.name}.{f.name} must be a finite number")
+        if problems:
+            return problems
         return self.source.validate() + self.correlate.validate() + self.enrich.validate()
 
     def checked(self) -> Config:
@@ -206,7 +222,14 @@ def _coerce(value: Any, hint: Any, where: str, problems: list[str]) -> Any:
         if isinstance(value, bool) or not isinstance(value, int | float):
             problems.append(f"{where}: expected a number, got {value!r}")
             return None
-        return float(value)
+        try:
+            number = float(value)
+        except OverflowError:
+            number = math.inf
+        if not math.isfinite(number):
+            problems.append(f"{where}: expected a finite number, got {value!r}")
+            return None
+        return number
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, int):
             problems.append(f"{where}: expected an integer, got {value!r}")

@@ -73,6 +73,7 @@ class _Tombstone:
     incarnation_ns: int
     attempt: int
     idle_deadline_ns: int
+    task_create_ns: int  # of the completed attempt: a /tasks/create not after it is a duplicate
 
 
 class Correlator:
@@ -152,6 +153,8 @@ class Correlator:
 
     def _snapshot_prepare(self, key: ContainerKey, event: LifecycleEvent) -> None:
         prepares = self._prepares
+        # re-inserted at the end: deadlines must grow along the queue for expire()
+        prepares.pop(key, None)
         prepares[key] = (event.timestamp_ns, self._clock.now_ns() + self._snapshot_ttl_ns)
         if len(prepares) > self._cfg.max_pending_snapshots:
             prepares.popitem(last=False)
@@ -230,8 +233,11 @@ class Correlator:
         t = event.timestamp_ns
         flight = self._live.get(key)
         if flight is None:
-            tomb = self._done.pop(key, None)
+            tomb = self._done.get(key)
+            if tomb is not None and t <= tomb.task_create_ns:
+                return self._unmatched(event, "duplicate /tasks/create")
             if tomb is not None:
+                del self._done[key]
                 # a new task of a container whose earlier task already started: a restart
                 flight = self._start(
                     key,
@@ -311,7 +317,10 @@ class Correlator:
         if tombstone and outcome is not Outcome.DELETED and outcome is not Outcome.INCOMPLETE:
             # replaces a live entry by a tombstone: the tracked count does not grow
             self._done[rec.key] = _Tombstone(
-                rec.incarnation_ns, rec.attempt, self._clock.now_ns() + self._idle_timeout_ns
+                rec.incarnation_ns,
+                rec.attempt,
+                self._clock.now_ns() + self._idle_timeout_ns,
+                rec.task_create_ns or rec.start_ns,
             )
         self._counters.inc(semconv.STARTUPS_COMPLETED)
         if rec.partial:
@@ -341,7 +350,7 @@ class Correlator:
     def expire(self) -> Sequence[StartupRecord]:
         """Applies every deadline that has passed by the clock; returns completed records.
 
-        Call it regularly (the pipeline does, about once a second) and after each batch.
+        The pipeline calls it every 200 ms (live) or 100 ms of event time (replay).
         """
         now = self._clock.now_ns()
         out: list[StartupRecord] = self._evicted
@@ -385,10 +394,12 @@ class Correlator:
 
         * a container created after ``snap.since_ns`` that is unknown was started while
           nobody listened: it is tracked as a partial startup;
-        * a tracked in-flight container whose task the listing shows running or stopped,
-          or that the listing no longer has, missed events: unless those events arrive
-          within ``reconcile_grace_s`` (they may be queued behind the listing), it is
-          completed as ``reconciled`` (partial);
+        * a tracked in-flight container whose task the listing shows running or stopped
+          missed events: unless those events arrive within ``reconcile_grace_s`` (they may
+          be queued behind the listing), it is completed as ``reconciled`` (partial);
+        * a tracked in-flight container the listing no longer has was deleted while
+          nobody listened: after the same grace it is completed as ``incomplete``
+          (partial);
         * tombstones of containers that are gone are dropped.
 
         Records completed here come back from :meth:`expire` once the grace has passed.

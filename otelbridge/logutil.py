@@ -31,7 +31,7 @@ class ThrottledLogger:
             return True, self._every - 1
         return False, 0
 
-    def log(self, level: int, kind: str, msg: str, *args: Any) -> None:
+    def log(self, level: int, kind: str, msg: str, *args: Any, exc_info: bool = False) -> None:
         """Logs ``msg % args`` unless messages of this ``kind`` are being throttled."""
         ok, suppressed = self._should_log(kind)
         if not ok:
@@ -39,7 +39,7 @@ class ThrottledLogger:
         if suppressed:
             msg += " (%d similar messages suppressed)"
             args = (*args, suppressed)
-        self._logger.log(level, msg, *args)
+        self._logger.log(level, msg, *args, exc_info=exc_info)
 
     def warning(self, kind: str, msg: str, *args: Any) -> None:
         self.log(logging.WARNING, kind, msg, *args)

@@ -105,6 +105,8 @@ class ContainerInfo:
     labels: Mapping[str, str] = field(default_factory=_empty_map)
     annotations: Mapping[str, str] = field(default_factory=_empty_map)
     env: Mapping[str, str] = field(default_factory=_empty_map)
+    dropped: int = 0
+    """Labels dropped or cut by the tenant limits when the record was admitted."""
 
     @property
     def key(self) -> ContainerKey:

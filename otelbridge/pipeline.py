@@ -17,6 +17,7 @@ Two ways to drive it:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import queue
 import threading
@@ -36,7 +37,13 @@ from otelbridge.emit.spans import build_startup_spans
 from otelbridge.enrich.stage import Enricher
 from otelbridge.errors import NotFound
 from otelbridge.logutil import ThrottledLogger
-from otelbridge.model import ContainerInfo, RawEnvelope, ReconcileSnapshot, StartupRecord
+from otelbridge.model import (
+    ContainerInfo,
+    ContainerKey,
+    RawEnvelope,
+    ReconcileSnapshot,
+    StartupRecord,
+)
 from otelbridge.stats import Counters
 
 _log = logging.getLogger(__name__)
@@ -87,6 +94,7 @@ class Pipeline:
         self._sink = sink
         self._clock: Clock = clock if clock is not None else EventTimeClock()
         self._event_clock = self._clock if isinstance(self._clock, EventTimeClock) else None
+        self.enricher = Enricher(config.enrich, counters)
         self._lookup = lookup
         self._on_record = on_record
         self._pool = (
@@ -99,7 +107,6 @@ class Pipeline:
         self._metadata_timeout_ns = int(config.enrich.metadata_timeout_s * _NS)
         self.decoder = Decoder(counters)
         self.correlator = Correlator(config.correlate, self._clock, counters, on_new=self._on_new)
-        self.enricher = Enricher(config.enrich, counters)
         self._received = counters.cell(semconv.EVENTS_RECEIVED)  # event thread only
         self._next_replay_tick_ns = 0
         self._queue: queue.Queue[SourceItem] = queue.Queue(config.source.queue_size)
@@ -114,46 +121,64 @@ class Pipeline:
             return
         self.counters.inc(semconv.METADATA_LOOKUPS)
         if self._pool is not None:
-            self._lookups[id(record)] = self._pool.submit(
-                self._lookup, record.key.namespace, record.key.id
-            )
+            self._lookups[id(record)] = self._pool.submit(self._read_record, record.key)
             return
         # synchronous lookups (replay: a recorded record, no I/O)
         try:
-            record.info = self._lookup(record.key.namespace, record.key.id)
+            record.info = self._read_record(record.key)
         except NotFound:
             self.counters.inc(semconv.METADATA_FAILED)
         except Exception as exc:  # the startup goes on without its record
             self.counters.inc(semconv.METADATA_FAILED)
             _tlog.warning("lookup", "%s: container record lookup failed: %s", record.key, exc)
 
+    def _read_record(self, key: ContainerKey) -> ContainerInfo:
+        assert self._lookup is not None
+        return self.enricher.admit(self._lookup(key.namespace, key.id))
+
     def feed(self, item: SourceItem) -> None:
-        """Runs one item through every stage. Never raises on bad input."""
+        """Runs one item through every stage. Called from one thread only; never raises:
+        bad input is counted by the stages, and a bug costs one item, not the daemon."""
+        try:
+            self._feed(item)
+        except Exception:
+            self.counters.inc(semconv.PIPELINE_ERRORS)
+            _tlog.log(logging.ERROR, "bug", "could not process %r", item, exc_info=True)
+
+    def _feed(self, item: SourceItem) -> None:
         if type(item) is RawEnvelope:
             self._received.value += 1
+            event = self.decoder(item)
+            if event is None:
+                return
             clock = self._event_clock
             if clock is not None:
-                # replay: "now" is event time, moved before the event sets any deadline
-                clock.observe(item.timestamp_ns)
-            event = self.decoder(item)
-            if event is not None:
-                for record in self.correlator.process(event):
-                    self._complete(record)
-            if clock is not None and item.timestamp_ns >= self._next_replay_tick_ns:
-                self._next_replay_tick_ns = item.timestamp_ns + _REPLAY_TICK_NS
+                # replay: "now" is the time of the newest decodable event (a corrupt
+                # envelope must not move it), set before the event sets any deadline
+                clock.observe(event.timestamp_ns)
+            for record in self.correlator.process(event):
+                self._complete(record)
+            if clock is not None and event.timestamp_ns >= self._next_replay_tick_ns:
+                self._next_replay_tick_ns = event.timestamp_ns + _REPLAY_TICK_NS
                 self.tick()
             return
         assert isinstance(item, ReconcileSnapshot)
         self.connected.set()
+        admit = self.enricher.admit
+        item = dataclasses.replace(item, containers=tuple(admit(c) for c in item.containers))
         for record in self.correlator.reconcile(item):
             self._complete(record)
 
     def tick(self) -> None:
         """Applies deadlines and emits startups whose container record has arrived."""
-        for record in self.correlator.expire():
-            self._complete(record)
-        if self._pending:
-            self._drain(self._clock.now_ns())
+        try:
+            for record in self.correlator.expire():
+                self._complete(record)
+            if self._pending:
+                self._drain(self._clock.now_ns())
+        except Exception:
+            self.counters.inc(semconv.PIPELINE_ERRORS)
+            _tlog.log(logging.ERROR, "bug", "deadline check failed", exc_info=True)
 
     def _complete(self, record: StartupRecord) -> None:
         lookup = self._lookups.pop(id(record), None)
@@ -197,12 +222,18 @@ class Pipeline:
             return
         if record.info is None:
             record.info = info
-        if record.container_create_ns is None and info.created_at_ns:
-            # the create event was missed: the record's creation time is the stable
-            # identity, so a restarted bridge derives the same span IDs
-            record.incarnation_ns = info.created_at_ns
 
     def _emit(self, record: StartupRecord) -> None:
+        info = record.info
+        if (
+            record.container_create_ns is None
+            and record.attempt == 1
+            and info is not None
+            and info.created_at_ns
+        ):
+            # the create event was missed: the container record's creation time is the
+            # stable identity, so live, replay and a restarted bridge derive the same IDs
+            record.incarnation_ns = info.created_at_ns
         try:
             spans = build_startup_spans(record, self.enricher.enrich(record))
         except Exception:  # a bug must cost one startup, not the daemon

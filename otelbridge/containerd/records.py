@@ -39,13 +39,14 @@ def spec_fields(
         return EMPTY_MAP, EMPTY_MAP
     try:
         spec = json.loads(spec_json)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return EMPTY_MAP, EMPTY_MAP
     if not isinstance(spec, dict):
         return EMPTY_MAP, EMPTY_MAP
     annotations = spec.get("annotations")
     if isinstance(annotations, dict):
-        annotations = {str(k): str(v) for k, v in annotations.items()}
+        # OCI annotations are strings; anything else is malformed and left out
+        annotations = {k: v for k, v in annotations.items() if isinstance(v, str)}
     else:
         annotations = EMPTY_MAP
     env: dict[str, str] = {}

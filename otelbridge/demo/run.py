@@ -1,6 +1,7 @@
 """``otelbridge demo``: the main job, end to end, on a machine with nothing configured.
 
-1. checks (or, with ``--install``, installs) containerd, runc, umoci and busybox-static;
+1. checks containerd, runc, umoci and busybox-static, and installs the missing ones with
+   apt (unless ``--no-install``);
 2. starts a private containerd (own root, state and sockets, nothing shared with the
    machine's instance) and imports a busybox image built offline;
 3. attaches a bridge to it, exactly as ``otelbridge run`` would;
@@ -34,7 +35,12 @@ from otelbridge.enrich.tracecontext import TraceContext
 from otelbridge.errors import EnvironmentProblem
 from otelbridge.export.memory import MemoryExporter
 from otelbridge.model import StartupRecord
-from otelbridge.testing.containerd import PrivateContainerd, ensure_host_tools, new_container_id
+from otelbridge.testing.containerd import (
+    PrivateContainerd,
+    ensure_host_tools,
+    missing_host_tools,
+    new_container_id,
+)
 from otelbridge.testing.image import BUSYBOX_BASE_NAME, busybox_image_tar, import_image
 
 NAMESPACE = "otelbridge-demo"
@@ -58,6 +64,9 @@ def run_demo(
         raise EnvironmentProblem(
             "the demo starts a private containerd, which needs root: run it with sudo"
         )
+    missing = missing_host_tools()
+    if missing and install:
+        _print(f"otelbridge demo: installing {', '.join(missing)} with apt ...")
     ensure_host_tools(install=install)
     containers = max(2, containers)
     cache = Path(tempfile.gettempdir()) / "otelbridge-image-cache"
@@ -96,8 +105,8 @@ def run_demo(
             bridge.shutdown()
     spans = collected.spans
     _show(spans, rollout, names, color)
-    missing = len(names) - sum(1 for s in spans if s.name == semconv.SPAN_CONTAINER_STARTUP)
-    return 0 if missing == 0 else 1
+    untraced = len(names) - sum(1 for s in spans if s.name == semconv.SPAN_CONTAINER_STARTUP)
+    return 0 if untraced == 0 else 1
 
 
 def _play_rollout(

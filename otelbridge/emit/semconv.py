@@ -188,6 +188,11 @@ SPANS_DROPPED = _counter(
 EXPORT_RETRIES = _counter(
     "otelbridge.export.retries", "export attempts retried after a temporary failure", "{attempt}"
 )
+PIPELINE_ERRORS = _counter(
+    "otelbridge.pipeline.errors",
+    "items whose processing raised (a bug): logged with its traceback and skipped",
+    "{item}",
+)
 SOURCE_RECONNECTS = _counter(
     "otelbridge.source.reconnects", "re-subscriptions after the event stream ended", "{connect}"
 )
@@ -215,5 +220,6 @@ COUNTERS: Final = (
     SPANS_EXPORTED,
     SPANS_DROPPED,
     EXPORT_RETRIES,
+    PIPELINE_ERRORS,
     SOURCE_RECONNECTS,
 )

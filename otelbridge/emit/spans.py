@@ -8,10 +8,12 @@ The span tree of one container startup (PRODUCT.md section 4)::
     ├── task.start         /tasks/create -> /tasks/start
     └── readiness.wait     /tasks/start -> ready
 
-Every start and end time is an envelope time from the record. A phase whose start was
-not observed is left out and named in ``otelbridge.phases.missing``; a phase that started
-but never finished (the task exited, the container was deleted, the startup timed out)
-ends with the startup and has status ERROR, so the waterfall shows where it got stuck.
+Every start and end time is an envelope time from the record. A phase whose boundary
+events were not observed (missed by the bridge) is left out and named in
+``otelbridge.phases.missing``. A phase that began but never finished (the task exited, the
+container was deleted, the startup timed out) ends with the startup and has status ERROR,
+so the waterfall shows where it got stuck; the phases after it never began and are
+simply absent.
 
 Spans are built as protobuf messages directly: the OpenTelemetry SDK's span objects
 cost several times more per span than the replay budget allows (docs/design.md).

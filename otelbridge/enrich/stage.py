@@ -7,28 +7,35 @@ value never breaks anything: the startup becomes its own root, carries
 ``otelbridge.traceparent.invalid=<reason>``, and ``otelbridge.traceparent.invalid`` is
 counted.
 
-Tenant-controlled values (labels, image references) are limited: at most
-``max_label_attributes`` label attributes, values cut to ``max_attribute_length``, label
-keys that are not printable ASCII dropped; each cut or drop is counted.
+Tenant-controlled values are limited where they enter, in :meth:`Enricher.admit` (every
+container record passes through it before a startup holds it): only the labels and
+annotations the bridge reads are kept; of the labels selected by ``label_attributes``, at
+most ``max_label_attributes``, keys of printable ASCII only, values cut to
+``max_attribute_length``. Every drop and cut is counted (``otelbridge.attributes.dropped``)
+and the startup's own number is its span attribute of the same name. Image references
+and runtime names from events are cut to ``max_attribute_length`` too, and counted.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import logging
-from collections.abc import Mapping
 
 from otelbridge.config import EnrichConfig
 from otelbridge.emit import semconv
 from otelbridge.emit.spans import AttrValue, Enrichment
-from otelbridge.enrich.tracecontext import NOT_FOUND, Resolution, resolve
+from otelbridge.enrich.tracecontext import MAX_TRACESTATE_LENGTH, NOT_FOUND, Resolution, resolve
 from otelbridge.logutil import ThrottledLogger
-from otelbridge.model import ContainerInfo, Outcome, StartupRecord
+from otelbridge.model import EMPTY_MAP, ContainerInfo, Outcome, StartupRecord
 from otelbridge.stats import Counters
 
 _log = ThrottledLogger(logging.getLogger(__name__))
 _ENV_KEYS = (("TRACEPARENT", "TRACESTATE"),)
 _MAX_LABEL_KEY = 128
+# longer than any valid traceparent/tracestate (the parser rejects it as too long), short
+# enough that a hostile annotation cannot make a startup's state large
+_MAX_CONTEXT_VALUE = MAX_TRACESTATE_LENGTH + 1
 
 
 def split_image_reference(ref: str) -> tuple[str, list[str]]:
@@ -50,7 +57,8 @@ def _label_key_ok(key: str) -> bool:
 
 
 class Enricher:
-    """The enrich stage. Called on the pipeline's event thread; never raises."""
+    """The enrich stage. :meth:`enrich` is called on the pipeline's event thread with
+    records whose container record went through :meth:`admit`; it never raises."""
 
     def __init__(self, config: EnrichConfig, counters: Counters) -> None:
         self._cfg = config
@@ -64,6 +72,49 @@ class Enricher:
             else ()
         )
         self._max_len = config.max_attribute_length
+        self._wanted_keys = frozenset(k for pair in self._keys for k in pair)
+
+    def admit(self, info: ContainerInfo) -> ContainerInfo:
+        """``info`` trimmed to what the bridge reads, within the tenant limits.
+
+        Labels and annotations are tenant-controlled and unbounded, and an in-flight
+        startup holds its container record until it completes: what it holds must be
+        bounded by the configuration. Keeps the trace-context keys, and the labels
+        ``label_attributes`` selects, limited in number, key and length; counts every
+        drop or cut and records this container's number in ``info.dropped``. Thread-safe
+        (runs on the lookup threads).
+        """
+        wanted = self._wanted_keys
+        globs = self._cfg.label_attributes
+        labels: dict[str, str] = {}
+        selected = 0
+        dropped = 0
+        for key in sorted(info.labels):
+            value = info.labels[key]
+            if key in wanted:
+                labels[key] = value[:_MAX_CONTEXT_VALUE]
+                continue
+            if not globs or not any(fnmatch.fnmatchcase(key, g) for g in globs):
+                continue
+            if not _label_key_ok(key) or selected >= self._cfg.max_label_attributes:
+                dropped += 1
+                continue
+            selected += 1
+            if len(value) > self._max_len:
+                dropped += 1
+                value = value[: self._max_len]
+            labels[key] = value
+        annotations = {
+            k: v[:_MAX_CONTEXT_VALUE] for k, v in info.annotations.items() if k in wanted
+        }
+        if dropped:
+            self._counters.inc(semconv.ATTRIBUTES_DROPPED, dropped)
+        return dataclasses.replace(
+            info,
+            labels=labels or EMPTY_MAP,
+            annotations=annotations or EMPTY_MAP,
+            dropped=dropped,
+        )
 
     def _cut(self, value: str) -> str:
         if len(value) <= self._max_len:
@@ -80,19 +131,16 @@ class Enricher:
             found = resolve((("env", info.env),), self._env_keys)
         return found
 
-    def _label_attributes(self, labels: Mapping[str, str]) -> list[tuple[str, AttrValue]]:
-        out: list[tuple[str, AttrValue]] = []
-        dropped = 0
-        for key in sorted(labels):
-            if not any(fnmatch.fnmatchcase(key, pat) for pat in self._cfg.label_attributes):
-                continue
-            if not _label_key_ok(key) or len(out) >= self._cfg.max_label_attributes:
-                dropped += 1
-                continue
-            out.append((f"container.label.{key}", self._cut(labels[key])))
-        if dropped:
-            self._counters.inc(semconv.ATTRIBUTES_DROPPED, dropped)
-            out.append((semconv.OB_ATTRIBUTES_DROPPED, dropped))
+    def _label_attributes(self, info: ContainerInfo) -> list[tuple[str, AttrValue]]:
+        # info passed through admit(): what is left is within the limits
+        globs = self._cfg.label_attributes
+        out: list[tuple[str, AttrValue]] = [
+            (f"container.label.{key}", value)
+            for key, value in info.labels.items()
+            if any(fnmatch.fnmatchcase(key, g) for g in globs)
+        ]
+        if info.dropped:
+            out.append((semconv.OB_ATTRIBUTES_DROPPED, info.dropped))
         return out
 
     def enrich(self, rec: StartupRecord) -> Enrichment:
@@ -124,8 +172,8 @@ class Enricher:
             attrs.append((semconv.PROCESS_PID, rec.pid))
         if rec.outcome is Outcome.EXITED and rec.exit_status is not None:
             attrs.append((semconv.PROCESS_EXIT_CODE, rec.exit_status))
-        if info is not None and self._cfg.label_attributes:
-            attrs.extend(self._label_attributes(info.labels))
+        if info is not None and (self._cfg.label_attributes or info.dropped):
+            attrs.extend(self._label_attributes(info))
 
         enrichment = Enrichment(
             attributes=attrs,

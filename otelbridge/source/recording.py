@@ -91,6 +91,12 @@ def header_line(**extra: Any) -> str:
     return json.dumps({"format": FORMAT, "version": VERSION, **extra}, separators=(",", ":"))
 
 
+def _int_ns(value: Any, name: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"{name} must be a non-negative integer of nanoseconds")
+    return value
+
+
 def _str_map(value: Any) -> dict[str, str]:
     if not isinstance(value, dict):
         raise ValueError("expected an object of strings")
@@ -105,7 +111,7 @@ def _container(obj: Mapping[str, Any]) -> ContainerInfo:
         runtime=str(obj.get("runtime", "")),
         snapshotter=str(obj.get("snapshotter", "")),
         snapshot_key=str(obj.get("snapshot_key", "")),
-        created_at_ns=int(obj.get("created_at_ns", 0)),
+        created_at_ns=_int_ns(obj.get("created_at_ns", 0), "created_at_ns"),
         labels=_str_map(obj.get("labels", {})),
         annotations=_str_map(obj.get("annotations", {})),
         env=_str_map(obj.get("env", {})),
@@ -121,11 +127,8 @@ def _json_line(obj: Any) -> RawEnvelope | ContainerInfo | None:
         return None
     if "container" in obj:
         return _container(obj["container"])
-    ts = obj["ts"]
-    if not isinstance(ts, int) or isinstance(ts, bool):
-        raise ValueError("ts must be an integer of nanoseconds")
     return RawEnvelope(
-        ts,
+        _int_ns(obj["ts"], "ts"),
         str(obj["ns"]),
         str(obj["topic"]),
         str(obj.get("type_url", "")),
@@ -190,7 +193,15 @@ def read_events(
                 yield parse_ctr_line(line)
                 continue
             item = _json_line(json.loads(line))
-        except (ValueError, KeyError, TypeError, binascii.Error, json_format.ParseError) as exc:
+        except (
+            ValueError,  # bad JSON, bad fields, bad timestamps (json's errors are ValueErrors)
+            KeyError,
+            TypeError,
+            OverflowError,
+            RecursionError,  # JSON nested deeper than the parser's stack
+            binascii.Error,
+            json_format.ParseError,
+        ) as exc:
             counters.inc(semconv.EVENTS_MALFORMED)
             _log.warning("line", "line %d: skipped, cannot be read (%s)", number, exc)
             continue
