@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
-import sys
-import time
 import uuid
 from pathlib import Path
 
@@ -17,41 +13,10 @@ from otelbridge.emit import semconv
 from otelbridge.export.files import from_otlp_json
 from otelbridge.testing.otlp import OtlpReceiver
 from tests.conftest import Namespace
+from tests.integration.processes import OTELBRIDGE, start, stop, wait_for_line
 from tests.integration.test_live_bridge import TRACE_ID, TRACEPARENT
 
 pytestmark = pytest.mark.containerd
-
-OTELBRIDGE = [sys.executable, "-m", "otelbridge"]
-
-
-def start(args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [*OTELBRIDGE, *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, **(env or {})},
-    )
-
-
-def wait_for_line(proc: subprocess.Popen[str], text: str, timeout_s: float = 15) -> None:
-    assert proc.stderr is not None
-    deadline = time.monotonic() + timeout_s
-    seen = []
-    while time.monotonic() < deadline:
-        line = proc.stderr.readline()
-        if not line and proc.poll() is not None:
-            break
-        seen.append(line)
-        if text in line:
-            return
-    raise AssertionError(f"never saw {text!r}; stderr: {''.join(seen)[-2000:]}")
-
-
-def stop(proc: subprocess.Popen[str], timeout_s: float = 20) -> tuple[int, str, str]:
-    proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=timeout_s)
-    return proc.returncode, out, err
 
 
 def test_run_daemon_exports_and_stops_cleanly_on_sigterm(
