@@ -8,32 +8,35 @@ Two ways to drive it:
 * **live** (:meth:`Pipeline.start` with a :class:`Source`): the source runs on its own
   thread and hands items over a bounded queue (overflow dropped and counted); one event
   thread runs decode, correlate, enrich and emit, so the events of a container are
-  handled in containerd's order; container records are looked up on a small thread pool
-  when a container appears, and a completed startup waits for its lookup at most
-  ``metadata_timeout_s`` without holding up other containers; the batch processor
-  exports on its own thread.
+  handled in containerd's order; container records are read by a
+  :class:`~otelbridge.enrich.lookups.LookupPool` when a container appears, and a
+  completed startup waits for its record at most ``metadata_timeout_s`` without holding
+  up other containers; the batch processor exports on its own thread.
+
+Shutdown joins the source first, feeds what it left in the queue, emits startups still
+in flight as ``incomplete``, and waits for outstanding lookups once, at most
+``metadata_timeout_s`` in all.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import queue
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
 
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
-from otelbridge.clock import Clock, EventTimeClock
+from otelbridge.clock import Clock, EventTimeClock, SystemClock
 from otelbridge.config import Config
 from otelbridge.correlate import Correlator
 from otelbridge.decode import Decoder
 from otelbridge.emit import semconv
 from otelbridge.emit.spans import build_startup_spans
+from otelbridge.enrich.lookups import LookupPool
 from otelbridge.enrich.stage import Enricher
 from otelbridge.errors import NotFound
 from otelbridge.logutil import ThrottledLogger
@@ -50,6 +53,10 @@ _log = logging.getLogger(__name__)
 _tlog = ThrottledLogger(_log)
 _NS = 1_000_000_000
 _REPLAY_TICK_NS = _NS // 10  # replay checks deadlines every 100 ms of event time
+_LIVE_TICK_NS = _NS // 5  # live checks them every 200 ms
+# an envelope dated this far past the machine's clock is corrupt: it must not move event
+# time (replay) and time out every startup in flight
+_MAX_FUTURE_NS = 24 * 3600 * _NS
 
 SourceItem = RawEnvelope | ReconcileSnapshot
 MetadataLookup = Callable[[str, str], ContainerInfo]
@@ -71,7 +78,7 @@ class Source(Protocol):
 @dataclass(slots=True)
 class _Pending:
     record: StartupRecord
-    lookup: Future[ContainerInfo] | None
+    ticket: int  # its lookup in the LookupPool
     deadline_ns: int
 
 
@@ -85,6 +92,7 @@ class Pipeline:
         counters: Counters,
         *,
         clock: Clock | None = None,
+        wall_clock: Clock | None = None,
         lookup: MetadataLookup | None = None,
         lookup_async: bool = True,
         on_record: Callable[[StartupRecord, list[Span]], None] | None = None,
@@ -94,15 +102,16 @@ class Pipeline:
         self._sink = sink
         self._clock: Clock = clock if clock is not None else EventTimeClock()
         self._event_clock = self._clock if isinstance(self._clock, EventTimeClock) else None
+        self._wall = wall_clock if wall_clock is not None else SystemClock()
         self.enricher = Enricher(config.enrich, counters)
         self._lookup = lookup
         self._on_record = on_record
         self._pool = (
-            ThreadPoolExecutor(config.enrich.lookup_workers, thread_name_prefix="otelbridge-lookup")
+            LookupPool(self._read_record, config.enrich.lookup_workers, counters)
             if lookup is not None and lookup_async
             else None
         )
-        self._lookups: dict[int, Future[ContainerInfo]] = {}
+        self._tickets: dict[int, int] = {}  # id(record) -> ticket, while the record lives
         self._pending: list[_Pending] = []
         self._metadata_timeout_ns = int(config.enrich.metadata_timeout_s * _NS)
         self.decoder = Decoder(counters)
@@ -111,19 +120,22 @@ class Pipeline:
         self._next_replay_tick_ns = 0
         self._queue: queue.Queue[SourceItem] = queue.Queue(config.source.queue_size)
         self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
+        self._source_thread: threading.Thread | None = None
+        self._event_thread: threading.Thread | None = None
         self._closed = False
         self.connected = threading.Event()
+        self.failed = False
+        """Set when the source died of an unexpected error (the pipeline has stopped)."""
 
     # -- stages ------------------------------------------------------------------------
     def _on_new(self, record: StartupRecord) -> None:
         if self._lookup is None or record.info is not None:
             return
-        self.counters.inc(semconv.METADATA_LOOKUPS)
         if self._pool is not None:
-            self._lookups[id(record)] = self._pool.submit(self._read_record, record.key)
+            self._tickets[id(record)] = self._pool.submit(record.key)
             return
         # synchronous lookups (replay: a recorded record, no I/O)
+        self.counters.inc(semconv.METADATA_LOOKUPS)
         try:
             record.info = self._read_record(record.key)
         except NotFound:
@@ -151,10 +163,16 @@ class Pipeline:
             event = self.decoder(item)
             if event is None:
                 return
+            if event.timestamp_ns > self._wall.now_ns() + _MAX_FUTURE_NS:
+                self.counters.inc(semconv.EVENTS_MALFORMED)
+                _tlog.warning(
+                    "future", "skipping %s of %s dated in the future", item.topic, event.key
+                )
+                return
             clock = self._event_clock
             if clock is not None:
-                # replay: "now" is the time of the newest decodable event (a corrupt
-                # envelope must not move it), set before the event sets any deadline
+                # replay: "now" is the time of the newest decodable event, set before the
+                # event sets any deadline
                 clock.observe(event.timestamp_ns)
             for record in self.correlator.process(event):
                 self._complete(record)
@@ -181,79 +199,68 @@ class Pipeline:
             _tlog.log(logging.ERROR, "bug", "deadline check failed", exc_info=True)
 
     def _complete(self, record: StartupRecord) -> None:
-        lookup = self._lookups.pop(id(record), None)
-        if lookup is None:
+        ticket = self._tickets.pop(id(record), None)
+        if ticket is None:
             self._emit(record)
             return
         self._pending.append(
-            _Pending(record, lookup, self._clock.now_ns() + self._metadata_timeout_ns)
+            _Pending(record, ticket, self._clock.now_ns() + self._metadata_timeout_ns)
         )
         self._drain(self._clock.now_ns())
 
-    def _drain(self, now_ns: int) -> None:
-        waiting: list[_Pending] = []
-        for item in self._pending:
-            if item.lookup is not None and not item.lookup.done() and item.deadline_ns > now_ns:
-                waiting.append(item)
+    def _drain(self, now_ns: int, *, force: bool = False) -> None:
+        """Emits the pending startups whose record arrived, or that waited long enough
+        (``force``: all of them). Each is taken off the list before it is emitted."""
+        assert self._pool is not None
+        pending, self._pending = self._pending, []
+        for i, item in enumerate(pending):
+            done, info = self._pool.take(item.ticket)
+            if not done and not force and item.deadline_ns > now_ns:
+                self._pending.append(item)
                 continue
-            self._join(item)
-            self._emit(item.record)
-        self._pending = waiting
-
-    def _join(self, item: _Pending) -> None:
-        lookup = item.lookup
-        record = item.record
-        if lookup is None:
-            return
-        if not lookup.done():
-            lookup.cancel()
-            self.counters.inc(semconv.METADATA_LATE)
-            _tlog.warning("late", "%s: container record not there in time", record.key)
-            return
-        try:
-            info = lookup.result()
-        except NotFound:
-            self.counters.inc(semconv.METADATA_FAILED)
-            _tlog.info("gone", "%s: container gone before its record was read", record.key)
-            return
-        except Exception as exc:  # any lookup failure leaves the startup unenriched
-            self.counters.inc(semconv.METADATA_FAILED)
-            _tlog.warning("lookup", "%s: container record lookup failed: %s", record.key, exc)
-            return
-        if record.info is None:
-            record.info = info
+            if done:
+                if info is not None and item.record.info is None:
+                    item.record.info = info
+            else:
+                self._pool.abandon(item.ticket)
+                self.counters.inc(semconv.METADATA_LATE)
+                _tlog.warning("late", "%s: container record not there in time", item.record.key)
+            try:
+                self._emit(item.record)
+            except BaseException:
+                self._pending.extend(pending[i + 1 :])  # not lost, not emitted twice
+                raise
 
     def _emit(self, record: StartupRecord) -> None:
+        """Builds and hands on the spans of one startup. Never raises."""
         info = record.info
-        if (
-            record.container_create_ns is None
-            and record.attempt == 1
-            and info is not None
-            and info.created_at_ns
-        ):
-            # the create event was missed: the container record's creation time is the
-            # stable identity, so live, replay and a restarted bridge derive the same IDs
+        if info is not None and info.created_at_ns:
+            # the container record's creation time is the identity when it is known: live,
+            # replay and a restarted bridge (which may not see /containers/create) then
+            # derive the same IDs
             record.incarnation_ns = info.created_at_ns
         try:
             spans = build_startup_spans(record, self.enricher.enrich(record))
+            self.counters.inc(semconv.SPANS_EMITTED, len(spans))
+            self._sink.submit(spans)
+            if self._on_record is not None:
+                self._on_record(record, spans)
         except Exception:  # a bug must cost one startup, not the daemon
-            _log.exception("%s: could not build spans; startup dropped", record.key)
-            self.counters.inc(semconv.SPANS_DROPPED)
-            return
-        self.counters.inc(semconv.SPANS_EMITTED, len(spans))
-        self._sink.submit(spans)
-        if self._on_record is not None:
-            self._on_record(record, spans)
+            self.counters.inc(semconv.PIPELINE_ERRORS)
+            _tlog.log(
+                logging.ERROR, "bug", "%s: could not emit its startup", record.key, exc_info=True
+            )
 
     def finish(self) -> None:
-        """The input has ended: completes every in-flight startup (``incomplete``)."""
+        """The input has ended: completes every in-flight startup (``incomplete``) and
+        emits everything, waiting for outstanding lookups at most ``metadata_timeout_s``."""
         for record in self.correlator.flush():
             self._complete(record)
-        for item in self._pending:
-            if item.lookup is not None:
-                with contextlib.suppress(Exception):  # _join accounts for failures
-                    item.lookup.result(timeout=self.config.enrich.metadata_timeout_s)
-        self._drain(self._clock.now_ns())
+        if self._pending and self._pool is not None:
+            self._pool.wait(
+                (item.ticket for item in self._pending), self.config.enrich.metadata_timeout_s
+            )
+            self._drain(self._clock.now_ns(), force=True)
 
     # -- live --------------------------------------------------------------------------
     def offer(self, item: SourceItem) -> None:
@@ -275,26 +282,27 @@ class Pipeline:
 
     def start(self, source: Source) -> None:
         """Starts the source and event threads."""
-        src = threading.Thread(
+        self._event_thread = threading.Thread(
+            target=self._run_events, name="otelbridge-events", daemon=True
+        )
+        self._source_thread = threading.Thread(
             target=self._run_source, args=(source,), name="otelbridge-source", daemon=True
         )
-        worker = threading.Thread(target=self._run_events, name="otelbridge-events", daemon=True)
-        self._threads = [src, worker]
-        worker.start()
-        src.start()
+        self._event_thread.start()
+        self._source_thread.start()
 
     def _run_source(self, source: Source) -> None:
         try:
             source.run(self.offer, self._stop)
-        except Exception:  # the source must not die silently
+        except Exception:  # the source must not die silently: stop, so `run` exits 1
             _log.exception("event source failed")
+            self.failed = True
             self._stop.set()
 
     def _run_events(self) -> None:
         get = self._queue.get
-        tick_every_ns = _NS // 5
-        next_tick = self._clock.now_ns() + tick_every_ns
-        while True:
+        next_tick = self._clock.now_ns() + _LIVE_TICK_NS
+        while not self._stop.is_set():
             try:
                 item = get(timeout=0.05)
             except queue.Empty:
@@ -304,25 +312,35 @@ class Pipeline:
             now = self._clock.now_ns()
             if now >= next_tick or (item is None and self._pending):
                 self.tick()
-                next_tick = now + tick_every_ns
-            if self._stop.is_set() and self._queue.empty():
-                return
+                next_tick = now + _LIVE_TICK_NS
 
     def shutdown(self, timeout_s: float = 5.0) -> None:
-        """Stops the threads and emits everything known: startups still in flight are
-        emitted as ``incomplete`` rather than lost. Idempotent; works without start()."""
+        """Stops the threads and emits everything known: what the source queued is
+        processed, startups still in flight are emitted as ``incomplete`` rather than
+        lost. Idempotent; works without start()."""
         if self._closed:
             return
         self._closed = True
         self._stop.set()
-        for thread in self._threads:
-            thread.join(timeout_s)
+        # the source first: after it, nothing more is queued
+        for thread in (self._source_thread, self._event_thread):
+            if thread is not None:
+                thread.join(timeout_s)
+        if self._event_thread is None or not self._event_thread.is_alive():
+            # this thread is now the only one feeding the stages
+            while True:
+                try:
+                    self.feed(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+        else:
+            _log.error("event thread did not stop in %.1fs; its queue is abandoned", timeout_s)
         in_flight = self.correlator.in_flight
         if in_flight:
             _log.info("shutdown: %d startup(s) in flight emitted as incomplete", in_flight)
         self.finish()
         if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool.shutdown()
 
     @property
     def stopped(self) -> threading.Event:
