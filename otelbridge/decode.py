@@ -20,6 +20,7 @@ from typing import Any
 
 from otelbridge.containerd import topics
 from otelbridge.containerd._gen import otelbridge_events_pb2 as ev
+from otelbridge.containerd.records import timestamp_ns
 from otelbridge.emit import semconv
 from otelbridge.logutil import ThrottledLogger
 from otelbridge.model import EMPTY_MAP, EventKind, LifecycleEvent, RawEnvelope
@@ -38,11 +39,6 @@ class SkipReason(enum.Enum):
 class Skipped:
     reason: SkipReason
     detail: str
-
-
-def _ts(ts: Any) -> int:
-    # Go's zero time (year 1) arrives for "not exited": keep it as 0, "unknown"
-    return max(0, int(ts.seconds) * 1_000_000_000 + int(ts.nanos))
 
 
 def _snapshot_prepare(m: Any, t: int, ns: str) -> LifecycleEvent:
@@ -97,7 +93,7 @@ def _task_exit(m: Any, t: int, ns: str) -> LifecycleEvent:
         pid=m.pid,
         exec_id=m.id,
         exit_status=m.exit_status,
-        exited_at_ns=_ts(m.exited_at),
+        exited_at_ns=timestamp_ns(m.exited_at),
     )
 
 
@@ -110,7 +106,7 @@ def _task_delete(m: Any, t: int, ns: str) -> LifecycleEvent:
         pid=m.pid,
         exec_id=m.id,
         exit_status=m.exit_status,
-        exited_at_ns=_ts(m.exited_at),
+        exited_at_ns=timestamp_ns(m.exited_at),
     )
 
 

@@ -1,9 +1,13 @@
 """Logging that stays readable under a flood of bad input.
 
-A misbehaving client can publish thousands of malformed events a second; logging each
-would drown the log and cost more than the events. :class:`ThrottledLogger` logs the
-first occurrences of each kind of message, then one in every ``every`` with the number
-suppressed; the counters in :mod:`otelbridge.stats` keep the exact totals.
+A misbehaving client can publish thousands of malformed events a second, and a collector
+outage fails every batch for minutes; a line for each would drown the log and cost more
+than the events. Repeated messages are therefore throttled by time: the counters in
+:mod:`otelbridge.stats` keep the exact totals, the log says what happens and how often.
+
+* :class:`LogThrottle`: one kind of message at most once per interval, counting the rest;
+* :class:`ThrottledLogger`: a logger whose messages are throttled per *kind*: the first
+  few of a kind go through at once, then one per interval with the number suppressed.
 """
 
 from __future__ import annotations
@@ -12,33 +16,76 @@ import logging
 import threading
 from typing import Any
 
+from otelbridge.clock import Clock, SystemClock
+
+
+class LogThrottle:
+    """Lets a repeated message through at most once per ``interval_s``. Thread-safe."""
+
+    def __init__(self, interval_s: float = 10.0, clock: Clock | None = None) -> None:
+        self._interval_ns = int(interval_s * 1_000_000_000)
+        self._clock: Clock = clock if clock is not None else SystemClock()
+        self._lock = threading.Lock()
+        self._last_ns: int | None = None
+        self._suppressed = 0
+
+    def ready(self) -> int | None:
+        """Records one occurrence. Returns ``None`` to stay quiet, or the number of
+        occurrences since the last line (this one included) when it is time to log."""
+        now = self._clock.now_ns()
+        with self._lock:
+            self._suppressed += 1
+            if self._last_ns is not None and now - self._last_ns < self._interval_ns:
+                return None
+            self._last_ns = now
+            n, self._suppressed = self._suppressed, 0
+            return n
+
+    def mark(self) -> None:
+        """A line was logged anyway: the interval restarts, nothing is held back."""
+        now = self._clock.now_ns()
+        with self._lock:
+            self._last_ns = now
+            self._suppressed = 0
+
 
 class ThrottledLogger:
-    def __init__(self, logger: logging.Logger, *, first: int = 10, every: int = 1000) -> None:
-        self._logger = logger
-        self._first = first
-        self._every = every
-        self._seen: dict[str, int] = {}
-        self._lock = threading.Lock()
+    """Wraps a logger: per kind of message, the first ``burst`` go through, then at most
+    one per ``interval_s`` saying how many were suppressed. Thread-safe."""
 
-    def _should_log(self, kind: str) -> tuple[bool, int]:
-        with self._lock:
-            n = self._seen.get(kind, 0) + 1
-            self._seen[kind] = n
-        if n <= self._first:
-            return True, 0
-        if (n - self._first) % self._every == 0:
-            return True, self._every - 1
-        return False, 0
+    def __init__(
+        self,
+        logger: logging.Logger,
+        *,
+        burst: int = 10,
+        interval_s: float = 10.0,
+        clock: Clock | None = None,
+    ) -> None:
+        self._logger = logger
+        self._burst = burst
+        self._interval_s = interval_s
+        self._clock = clock
+        self._seen: dict[str, int] = {}
+        self._throttles: dict[str, LogThrottle] = {}
+        self._lock = threading.Lock()
 
     def log(self, level: int, kind: str, msg: str, *args: Any, exc_info: bool = False) -> None:
         """Logs ``msg % args`` unless messages of this ``kind`` are being throttled."""
-        ok, suppressed = self._should_log(kind)
-        if not ok:
-            return
-        if suppressed:
-            msg += " (%d similar messages suppressed)"
-            args = (*args, suppressed)
+        with self._lock:
+            seen = self._seen.get(kind, 0) + 1
+            self._seen[kind] = seen
+            throttle = self._throttles.get(kind)
+            if throttle is None:
+                throttle = self._throttles[kind] = LogThrottle(self._interval_s, self._clock)
+        if seen <= self._burst:
+            throttle.mark()
+        else:
+            n = throttle.ready()
+            if n is None:
+                return
+            if n > 1:
+                msg += " (%d similar messages since the last one)"
+                args = (*args, n - 1)
         self._logger.log(level, msg, *args, exc_info=exc_info)
 
     def warning(self, kind: str, msg: str, *args: Any) -> None:

@@ -27,14 +27,13 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import threading
 from typing import Final, Protocol, runtime_checkable
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
 )
 
-from otelbridge.clock import Clock, SystemClock
+from otelbridge.logutil import LogThrottle
 
 
 class ExportResult(enum.Enum):
@@ -85,29 +84,11 @@ class ReportsFeedback(Protocol):
         ...
 
 
-class LogThrottle:
-    """Lets a repeated warning through at most once per ``interval_s``, counting the rest.
-
-    The export stage may fail on every batch for minutes (a collector outage); one line per
-    batch would drown the log, so callers log only when :meth:`ready` says so and report how
-    many occurrences were folded into that line. Thread-safe.
-    """
-
-    def __init__(self, interval_s: float = 10.0, clock: Clock | None = None) -> None:
-        self._interval_ns = int(interval_s * 1_000_000_000)
-        self._clock: Clock = clock if clock is not None else SystemClock()
-        self._lock = threading.Lock()
-        self._last_ns: int | None = None
-        self._suppressed = 0
-
-    def ready(self) -> int | None:
-        """Records one occurrence. Returns ``None`` to stay quiet, or the number of
-        occurrences since the last line (this one included) when it is time to log."""
-        now = self._clock.now_ns()
-        with self._lock:
-            self._suppressed += 1
-            if self._last_ns is not None and now - self._last_ns < self._interval_ns:
-                return None
-            self._last_ns = now
-            n, self._suppressed = self._suppressed, 0
-            return n
+__all__ = [
+    "NO_FEEDBACK",
+    "ExportFeedback",
+    "ExportResult",
+    "LogThrottle",
+    "ReportsFeedback",
+    "SpanExporter",
+]
