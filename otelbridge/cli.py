@@ -17,14 +17,19 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from otelbridge import __version__
-from otelbridge.app import build_batch, build_live_bridge
+from otelbridge.app import build_batch, build_live_bridge, containerd_client
 from otelbridge.clock import EventTimeClock, SystemClock
 from otelbridge.config import Config, load_config
-from otelbridge.containerd.client import ContainerdClient
 from otelbridge.errors import ConfigError, EnvironmentProblem, OtelbridgeError
 from otelbridge.pipeline import Pipeline
 from otelbridge.source.live import LiveSource
-from otelbridge.source.recording import Recorder, Recording, open_text, read_events
+from otelbridge.source.recording import (
+    Recorder,
+    Recording,
+    bounded_lines,
+    open_text,
+    read_events,
+)
 from otelbridge.stats import Counters
 
 _log = logging.getLogger("otelbridge")
@@ -124,14 +129,24 @@ def _config(args: argparse.Namespace) -> Config:
     return dataclasses.replace(cfg, source=source).checked()
 
 
-def _wait_for_signal(stop: threading.Event, duration_s: float = 0.0) -> None:
+def _on_signals(stop: threading.Event) -> None:
+    """SIGTERM and SIGINT set ``stop``."""
+
     def handler(signum: int, _frame: object) -> None:
         _log.info("received %s, shutting down", signal.Signals(signum).name)
         stop.set()
 
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
-    stop.wait(duration_s or None)
+
+
+def _wait(stop: threading.Event, failed: threading.Event, duration_s: float = 0.0) -> None:
+    """Until a signal (``stop``), a failure, or ``duration_s`` (0: no limit)."""
+    deadline = time.monotonic() + duration_s if duration_s else None
+    while not stop.is_set() and not failed.is_set():
+        if deadline is not None and time.monotonic() >= deadline:
+            return
+        stop.wait(0.2)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -143,11 +158,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         cfg.source.address,
         ", ".join(cfg.source.namespaces) or "all",
     )
-    bridge.start()
     stop = threading.Event()
-    _wait_for_signal(stop)
+    _on_signals(stop)
+    bridge.start()
+    _wait(stop, bridge.pipeline.stopped)
     bridge.shutdown()
     _log.warning("stopped; counters: %s", bridge.counters.nonzero())
+    if bridge.pipeline.failed:
+        print("otelbridge run: the event source failed (see the log above)", file=sys.stderr)
+        return EXIT_FAILED
     return EXIT_OK
 
 
@@ -155,47 +174,60 @@ def cmd_record(args: argparse.Namespace) -> int:
     cfg = _config(args)
     counters = Counters()
     stop = threading.Event()
-    out = sys.stdout if args.output == "-" else open(args.output, "w", encoding="utf-8")  # noqa: SIM115
+    failed = threading.Event()
     try:
-        with ContainerdClient(cfg.source.address, timeout_s=cfg.source.connect_timeout_s) as client:
+        out = sys.stdout if args.output == "-" else open(args.output, "w", encoding="utf-8")  # noqa: SIM115
+    except OSError as exc:
+        print(f"otelbridge record: cannot write {args.output}: {exc.strerror}", file=sys.stderr)
+        return EXIT_FAILED
+    try:
+        with containerd_client(cfg) as client:
             recorder = Recorder(
                 out, client.get_container, counters, max_events=args.count, on_limit=stop.set
             )
             recorder.header(address=cfg.source.address, started_at_ns=time.time_ns())
             source = LiveSource(client, cfg.source, counters, SystemClock())
-            thread = threading.Thread(
-                target=source.run, args=(recorder, stop), name="otelbridge-record", daemon=True
-            )
+
+            def record() -> None:
+                try:
+                    source.run(recorder, stop)
+                except Exception:  # a full disk, a closed pipe: say so and stop
+                    _log.exception("recording failed")
+                    failed.set()
+
+            thread = threading.Thread(target=record, name="otelbridge-record", daemon=True)
+            _on_signals(stop)
             thread.start()
-            _wait_for_signal(stop, args.duration)
+            _wait(stop, failed, args.duration)
             stop.set()
             thread.join(5.0)
     finally:
         if out is not sys.stdout:
             out.close()
     print(f"recorded {recorder.events} events", file=sys.stderr)
-    return EXIT_OK
+    return EXIT_FAILED if failed.is_set() else EXIT_OK
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
     cfg = _config(args)
+    try:
+        stream = open_text(args.file)
+    except OSError as exc:
+        print(f"otelbridge replay: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
+        return EXIT_FAILED
     counters = Counters()
     batch = build_batch(cfg, counters, exporter=args.exporter, jsonl_path=args.jsonl_path)
     recording = Recording()
     pipeline = Pipeline(
         cfg, batch, counters, clock=EventTimeClock(), lookup=recording.lookup, lookup_async=False
     )
+    recording.admit = pipeline.enricher.admit
     batch.start()
     started = time.perf_counter()
     cpu_started = time.process_time()
-    try:
-        stream = open_text(args.file)
-    except OSError as exc:
-        print(f"otelbridge replay: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
-        return EXIT_FAILED
     namespaces = set(cfg.source.namespaces)
     with stream:
-        for envelope in read_events(stream, counters, recording):
+        for envelope in read_events(bounded_lines(stream), counters, recording):
             if not namespaces or envelope.namespace in namespaces:
                 pipeline.feed(envelope)
     pipeline.finish()
@@ -210,19 +242,15 @@ def cmd_replay(args: argparse.Namespace) -> int:
         f"({startups / cpu if cpu > 0 else 0:.0f} startups per CPU-second)",
         file=sys.stderr,
     )
-    problems = {
-        k: v
-        for k, v in stats.items()
-        if v
-        and k
-        in (
-            "otelbridge.events.malformed",
-            "otelbridge.events.unknown",
-            "otelbridge.startups.partial",
-            "otelbridge.traceparent.invalid",
-            "otelbridge.spans.dropped",
-        )
-    }
+    notable = (
+        "otelbridge.events.malformed",
+        "otelbridge.events.unknown",
+        "otelbridge.startups.partial",
+        "otelbridge.traceparent.invalid",
+        "otelbridge.spans.dropped",
+        "otelbridge.pipeline.errors",
+    )
+    problems = {k: stats[k] for k in notable if stats[k]}
     if problems:
         print(f"  of note: {problems}", file=sys.stderr)
     return EXIT_OK

@@ -30,7 +30,7 @@ import json
 import logging
 import re
 import sys
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -163,9 +163,19 @@ def parse_ctr_line(line: str) -> RawEnvelope:
 
 @dataclass
 class Recording:
-    """What a reader found: envelopes are streamed, container records collected."""
+    """What a reader found: envelopes are streamed, container records collected.
+
+    ``admit`` (the enricher's) trims each record as it is stored, so a long recording
+    holds only what the bridge reads of each container.
+    """
 
     containers: dict[tuple[str, str], ContainerInfo] = field(default_factory=dict)
+    admit: Callable[[ContainerInfo], ContainerInfo] | None = None
+
+    def store(self, info: ContainerInfo) -> None:
+        self.containers[(info.namespace, info.id)] = (
+            self.admit(info) if self.admit is not None else info
+        )
 
     def lookup(self, namespace: str, container_id: str) -> ContainerInfo:
         try:
@@ -208,7 +218,23 @@ def read_events(
         if isinstance(item, RawEnvelope):
             yield item
         elif item is not None and recording is not None:
-            recording.containers[(item.namespace, item.id)] = item
+            recording.store(item)
+
+
+def bounded_lines(stream: IO[str], max_line: int = MAX_LINE) -> Iterator[str]:
+    """The lines of ``stream``, never reading more than ``max_line`` + 1 characters into
+    one: the rest of a longer line is skipped, and what is yielded for it is long enough
+    for :func:`read_events` to reject it (and count it)."""
+    while True:
+        line = stream.readline(max_line + 1)
+        if not line:
+            return
+        if len(line) > max_line and not line.endswith("\n"):
+            while True:  # skip to the end of the overlong line, a chunk at a time
+                rest = stream.readline(max_line + 1)
+                if not rest or rest.endswith("\n"):
+                    break
+        yield line
 
 
 def open_text(path: str) -> IO[str]:
