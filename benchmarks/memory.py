@@ -3,7 +3,9 @@
 Bar (PRODUCT.md section 8): <= 1 KiB per tracked in-flight container. Measured for
 containers part-way through their startup (snapshot prepared, created, task created: the
 longest-lived in-flight state) and for started containers (the tombstone kept until
-delete), through the real decode and correlate stages.
+delete), through the real decode and correlate stages; and through the whole live
+pipeline, with each container's record read on the lookup threads and held (admitted)
+until its startup completes.
 
 Run: ``.venv/bin/python benchmarks/memory.py [--containers N]``.
 """
@@ -12,13 +14,17 @@ from __future__ import annotations
 
 import argparse
 import gc
+import time
 import tracemalloc
 
-from otelbridge.clock import EventTimeClock
-from otelbridge.config import CorrelateConfig
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
+
+from otelbridge.clock import EventTimeClock, SystemClock
+from otelbridge.config import Config, CorrelateConfig
 from otelbridge.correlate import Correlator
 from otelbridge.decode import Decoder
-from otelbridge.model import RawEnvelope
+from otelbridge.model import ContainerInfo, RawEnvelope
+from otelbridge.pipeline import Pipeline
 from otelbridge.stats import Counters
 from otelbridge.testing.events import Timeline
 
@@ -45,6 +51,43 @@ def measure(envelopes: list[RawEnvelope], n: int) -> tuple[float, int]:
     return grown / n, correlator.tracked
 
 
+def measure_live(envelopes: list[RawEnvelope], n: int) -> float:
+    """The live pipeline's growth per in-flight container, its record looked up."""
+    labels = {"app": "web", "team": "runtime", "io.kubernetes.pod.name": "web-7d9f8-abcde"}
+    traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+    def lookup(namespace: str, container_id: str) -> ContainerInfo:
+        return ContainerInfo(
+            namespace=namespace,
+            id=container_id,
+            image="registry.example:5000/team/web:1.4.2",
+            runtime="io.containerd.runc.v2",
+            snapshotter="overlayfs",
+            created_at_ns=1,
+            labels={**labels, "traceparent": traceparent},
+            annotations={"traceparent": traceparent},
+        )
+
+    class Sink:
+        def submit(self, spans: list[Span]) -> None:
+            pass
+
+    config = Config(correlate=CorrelateConfig(max_tracked=10 * n))
+    pipeline = Pipeline(config, Sink(), Counters(), clock=SystemClock(), lookup=lookup)
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.take_snapshot()
+    for env in envelopes:
+        pipeline.feed(env)
+    # let every lookup land before measuring what the in-flight startups hold
+    time.sleep(0.5)
+    gc.collect()
+    after = tracemalloc.take_snapshot()
+    tracemalloc.stop()
+    pipeline.shutdown()
+    return sum(s.size_diff for s in after.compare_to(before, "filename")) / n
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--containers", type=int, default=20000)
@@ -64,11 +107,13 @@ def main() -> None:
 
     per_in_flight, tracked = measure(in_flight, n)
     per_started, _ = measure(started, n)
-    print(f"{n} containers, decode + correlate, tracemalloc growth per container:")
-    print(f"  in flight (created, task created)   {per_in_flight:7.0f} bytes  ({tracked} tracked)")
-    print(f"  started (tombstone until delete)    {per_started:7.0f} bytes")
-    verdict = "meets" if per_in_flight <= 1024 else "MISSES"
-    print(f"  bar: <= 1024 bytes per in-flight container: {verdict}")
+    per_live = measure_live(in_flight, n)
+    print(f"{n} containers, tracemalloc growth per container:")
+    print(f"  decode+correlate, in flight          {per_in_flight:7.0f} bytes  ({tracked} tracked)")
+    print(f"  decode+correlate, started (tombstone) {per_started:6.0f} bytes")
+    print(f"  live pipeline, in flight, record held {per_live:6.0f} bytes")
+    verdict = "meets" if per_live <= 1024 else "MISSES"
+    print(f"  bar: <= 1024 bytes per in-flight container (live pipeline): {verdict}")
 
 
 if __name__ == "__main__":

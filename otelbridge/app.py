@@ -60,6 +60,15 @@ def build_batch(
     )
 
 
+def containerd_client(config: Config) -> ContainerdClient:
+    """A read-only client keeping the environment variables the enricher looks at."""
+    return ContainerdClient(
+        config.source.address,
+        timeout_s=config.source.connect_timeout_s,
+        env_keys=tuple(name for pair in config.enrich.env_keys for name in pair),
+    )
+
+
 @dataclass
 class Bridge:
     """A live bridge: containerd client, source, pipeline and exporters, not started."""
@@ -93,7 +102,7 @@ def build_live_bridge(
 ) -> Bridge:
     counters = Counters()
     clock = clock or SystemClock()
-    client = ContainerdClient(config.source.address, timeout_s=config.source.connect_timeout_s)
+    client = containerd_client(config)
     batch = build_batch(
         config,
         counters,

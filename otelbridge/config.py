@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from otelbridge.enrich.tracecontext import ENV_TRACEPARENT
 from otelbridge.errors import ConfigError
 
 DEFAULT_ADDRESS = "/run/containerd/containerd.sock"
@@ -123,9 +124,10 @@ class EnrichConfig:
     The tracestate is read from the same key with ``traceparent`` replaced by
     ``tracestate``."""
 
-    env_traceparent: str = "TRACEPARENT"
+    env_traceparent: str = ENV_TRACEPARENT
     """Process environment variable holding a traceparent (looked at after labels and
-    annotations); ``TRACESTATE`` is paired with it. Empty disables the lookup."""
+    annotations); the tracestate is the same name with ``PARENT`` replaced by ``STATE``
+    (``TRACESTATE``). Empty disables the lookup."""
 
     link_policy: str = "parent"
     """Default link to the provisioning trace: ``parent`` (the startup is a child of the
@@ -154,6 +156,12 @@ class EnrichConfig:
     node_name: str = ""
     """``k8s.node.name`` resource attribute; empty takes ``NODE_NAME`` from the environment
     when set."""
+
+    @property
+    def env_keys(self) -> tuple[tuple[str, str], ...]:
+        """The (traceparent, tracestate) environment variable names looked for."""
+        name = self.env_traceparent
+        return ((name, name.replace("PARENT", "STATE")),) if name else ()
 
     def policy_for(self, namespace: str) -> str:
         return self.namespace_link_policy.get(namespace, self.link_policy)

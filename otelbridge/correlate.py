@@ -29,6 +29,7 @@ Not thread-safe: call it from one thread (the pipeline's event thread).
 from __future__ import annotations
 
 import logging
+import sys
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -169,13 +170,15 @@ class Correlator:
         attempt: int = 1,
         partial: bool,
     ) -> _InFlight:
+        # namespace, image and runtime repeat across containers: one shared string each
+        key = ContainerKey(sys.intern(key.namespace), key.id)
         record = StartupRecord(
             key=key,
             incarnation_ns=incarnation_ns,
             attempt=attempt,
             partial=partial,
-            image=event.image,
-            runtime=event.runtime,
+            image=sys.intern(event.image),
+            runtime=sys.intern(event.runtime),
         )
         flight = _InFlight(
             record, self._clock.now_ns() + self._startup_timeout_ns, event.timestamp_ns

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import NamedTuple
 
+from otelbridge.enrich.tracecontext import Resolution
+
 EMPTY_MAP: Mapping[str, str] = MappingProxyType({})
 
 
@@ -107,6 +109,9 @@ class ContainerInfo:
     env: Mapping[str, str] = field(default_factory=_empty_map)
     dropped: int = 0
     """Labels dropped or cut by the tenant limits when the record was admitted."""
+    trace: Resolution | None = None
+    """The trace context the record carries, resolved when it was admitted (then the raw
+    annotations and environment are no longer kept); ``None``: not admitted yet."""
 
     @property
     def key(self) -> ContainerKey:

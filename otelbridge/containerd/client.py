@@ -125,9 +125,18 @@ class Subscription:
 class ContainerdClient:
     """Read-only access to one containerd. Thread-safe (gRPC channels are)."""
 
-    def __init__(self, address: str, *, timeout_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        address: str,
+        *,
+        timeout_s: float = 5.0,
+        env_keys: tuple[str, ...] = records.CARRIER_ENV,
+    ) -> None:
+        """``env_keys``: the process environment variables container records keep (the
+        trace-context carrier's; the rest of the environment may hold secrets)."""
         self.address = address
         self._timeout = timeout_s
+        self._env_keys = env_keys
         raw = grpc.insecure_channel(
             grpc_target(address),
             options=[
@@ -204,7 +213,7 @@ class ContainerdClient:
             )
         except grpc.RpcError as exc:
             raise translate(exc, f"Containers/Get {namespace}/{container_id}") from exc
-        return records.container_info(namespace, resp.container)
+        return records.container_info(namespace, resp.container, self._env_keys)
 
     def list_containers(self, namespace: str) -> list[ContainerInfo]:
         try:
@@ -213,7 +222,7 @@ class ContainerdClient:
             )
         except grpc.RpcError as exc:
             raise translate(exc, f"Containers/List {namespace}") from exc
-        return [records.container_info(namespace, c) for c in resp.containers]
+        return [records.container_info(namespace, c, self._env_keys) for c in resp.containers]
 
     def list_tasks(self, namespace: str) -> list[TaskInfo]:
         try:

@@ -11,10 +11,11 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from otelbridge.enrich.tracecontext import ENV_TRACEPARENT, ENV_TRACESTATE
 from otelbridge.model import EMPTY_MAP, ContainerInfo, TaskInfo, TaskState
 
-#: environment variables of the OpenTelemetry environment carrier
-CARRIER_ENV = ("TRACEPARENT", "TRACESTATE")
+#: the process environment variables kept by default (the OpenTelemetry carrier's)
+CARRIER_ENV = (ENV_TRACEPARENT, ENV_TRACESTATE)
 
 _TASK_STATES = {
     0: TaskState.UNKNOWN,
@@ -62,9 +63,14 @@ def spec_fields(
     return annotations, env or EMPTY_MAP
 
 
-def container_info(namespace: str, c: Any) -> ContainerInfo:
-    """A ``Container`` message (api.proto) as a :class:`ContainerInfo`."""
-    annotations, env = spec_fields(c.spec.value) if c.HasField("spec") else (EMPTY_MAP, EMPTY_MAP)
+def container_info(
+    namespace: str, c: Any, env_keys: tuple[str, ...] = CARRIER_ENV
+) -> ContainerInfo:
+    """A ``Container`` message (api.proto) as a :class:`ContainerInfo`; of the process
+    environment only the variables ``env_keys`` are kept."""
+    annotations, env = (
+        spec_fields(c.spec.value, env_keys) if c.HasField("spec") else (EMPTY_MAP, EMPTY_MAP)
+    )
     return ContainerInfo(
         namespace=namespace,
         id=c.id,

@@ -8,8 +8,8 @@ value never breaks anything: the startup becomes its own root, carries
 counted.
 
 Tenant-controlled values are limited where they enter, in :meth:`Enricher.admit` (every
-container record passes through it before a startup holds it): only the labels and
-annotations the bridge reads are kept; of the labels selected by ``label_attributes``, at
+container record passes through it before a startup holds it): the trace context is
+resolved there and kept parsed; of the labels only those ``label_attributes`` selects, at
 most ``max_label_attributes``, keys of printable ASCII only, values cut to
 ``max_attribute_length``. Every drop and cut is counted (``otelbridge.attributes.dropped``)
 and the startup's own number is its span attribute of the same name. Image references
@@ -21,21 +21,20 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import logging
+import sys
+import threading
 
 from otelbridge.config import EnrichConfig
 from otelbridge.emit import semconv
 from otelbridge.emit.spans import AttrValue, Enrichment
-from otelbridge.enrich.tracecontext import MAX_TRACESTATE_LENGTH, NOT_FOUND, Resolution, resolve
+from otelbridge.enrich.tracecontext import NOT_FOUND, Resolution, resolve
 from otelbridge.logutil import ThrottledLogger
 from otelbridge.model import EMPTY_MAP, ContainerInfo, Outcome, StartupRecord
 from otelbridge.stats import Counters
 
 _log = ThrottledLogger(logging.getLogger(__name__))
-_ENV_KEYS = (("TRACEPARENT", "TRACESTATE"),)
 _MAX_LABEL_KEY = 128
-# longer than any valid traceparent/tracestate (the parser rejects it as too long), short
-# enough that a hostile annotation cannot make a startup's state large
-_MAX_CONTEXT_VALUE = MAX_TRACESTATE_LENGTH + 1
+_SHARED_LIMIT = 1024  # distinct trace contexts remembered (rollouts in flight)
 
 
 def split_image_reference(ref: str) -> tuple[str, list[str]]:
@@ -66,54 +65,60 @@ class Enricher:
         self._keys = tuple(
             (key, key.replace("traceparent", "tracestate")) for key in config.traceparent_keys
         )
-        self._env_keys = (
-            ((config.env_traceparent, config.env_traceparent.replace("PARENT", "STATE")),)
-            if config.env_traceparent
-            else ()
-        )
+        self._env_keys = config.env_keys
         self._max_len = config.max_attribute_length
-        self._wanted_keys = frozenset(k for pair in self._keys for k in pair)
+        self._shared: dict[tuple[str | None, ...], Resolution] = {}
+        self._shared_lock = threading.Lock()
 
     def admit(self, info: ContainerInfo) -> ContainerInfo:
-        """``info`` trimmed to what the bridge reads, within the tenant limits.
+        """``info`` reduced to what the bridge uses, within the tenant limits.
 
-        Labels and annotations are tenant-controlled and unbounded, and an in-flight
-        startup holds its container record until it completes: what it holds must be
-        bounded by the configuration. Keeps the trace-context keys, and the labels
-        ``label_attributes`` selects, limited in number, key and length; counts every
-        drop or cut and records this container's number in ``info.dropped``. Thread-safe
-        (runs on the lookup threads).
+        Labels, annotations and the environment are tenant-controlled and unbounded, and
+        an in-flight startup holds its container record until it completes: what it holds
+        must be bounded by the configuration. So the trace context is resolved here, once,
+        and kept parsed (``info.trace``) instead of the raw values; of the labels only
+        those ``label_attributes`` selects are kept, limited in number, key and length.
+        Every drop or cut is counted and this container's number kept in
+        ``info.dropped``. Thread-safe (runs on the lookup threads); admitting an admitted
+        record changes nothing.
         """
-        wanted = self._wanted_keys
+        trace = info.trace
+        if trace is None:
+            trace = (
+                NOT_FOUND
+                if self._cfg.policy_for(info.namespace) == "ignore"
+                else self._resolve_shared(info)
+            )
         globs = self._cfg.label_attributes
         labels: dict[str, str] = {}
-        selected = 0
         dropped = 0
-        for key in sorted(info.labels):
-            value = info.labels[key]
-            if key in wanted:
-                labels[key] = value[:_MAX_CONTEXT_VALUE]
-                continue
-            if not globs or not any(fnmatch.fnmatchcase(key, g) for g in globs):
-                continue
-            if not _label_key_ok(key) or selected >= self._cfg.max_label_attributes:
-                dropped += 1
-                continue
-            selected += 1
-            if len(value) > self._max_len:
-                dropped += 1
-                value = value[: self._max_len]
-            labels[key] = value
-        annotations = {
-            k: v[:_MAX_CONTEXT_VALUE] for k, v in info.annotations.items() if k in wanted
-        }
+        if globs:
+            for key in sorted(info.labels):
+                if not any(fnmatch.fnmatchcase(key, g) for g in globs):
+                    continue
+                if not _label_key_ok(key) or len(labels) >= self._cfg.max_label_attributes:
+                    dropped += 1
+                    continue
+                value = info.labels[key]
+                if len(value) > self._max_len:
+                    dropped += 1
+                    value = value[: self._max_len]
+                labels[key] = value
         if dropped:
             self._counters.inc(semconv.ATTRIBUTES_DROPPED, dropped)
+        intern = sys.intern  # values that repeat across containers: one shared string each
         return dataclasses.replace(
             info,
+            namespace=intern(info.namespace),
+            image=intern(info.image),
+            runtime=intern(info.runtime),
+            snapshotter=intern(info.snapshotter),
+            snapshot_key="",  # not used downstream
             labels=labels or EMPTY_MAP,
-            annotations=annotations or EMPTY_MAP,
-            dropped=dropped,
+            annotations=EMPTY_MAP,
+            env=EMPTY_MAP,
+            trace=trace,
+            dropped=info.dropped + dropped,
         )
 
     def _cut(self, value: str) -> str:
@@ -123,9 +128,34 @@ class Enricher:
         return value[: self._max_len]
 
     def trace_context(self, info: ContainerInfo | None) -> Resolution:
-        """Finds the provisioning context a container carries (first match wins)."""
+        """The provisioning context a container carries (first match wins): resolved at
+        admission, or now for a record that was not admitted."""
         if info is None:
             return NOT_FOUND
+        if info.trace is not None:
+            return info.trace
+        return self._resolve(info)
+
+    def _resolve_shared(self, info: ContainerInfo) -> Resolution:
+        """:meth:`_resolve`, sharing one parsed result among the containers of a rollout
+        (they carry the same values). Bounded; safe from the lookup threads."""
+        key = tuple(
+            carrier.get(k)
+            for carrier in (info.labels, info.annotations, info.env)
+            for pair in (*self._keys, *self._env_keys)
+            for k in pair
+        )
+        with self._shared_lock:
+            found = self._shared.get(key)
+        if found is None:
+            found = self._resolve(info)
+            with self._shared_lock:
+                if len(self._shared) >= _SHARED_LIMIT:
+                    self._shared.clear()
+                self._shared[key] = found
+        return found
+
+    def _resolve(self, info: ContainerInfo) -> Resolution:
         found = resolve((("label", info.labels), ("annotation", info.annotations)), self._keys)
         if not found.found and self._env_keys:
             found = resolve((("env", info.env),), self._env_keys)

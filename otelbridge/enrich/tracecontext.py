@@ -61,6 +61,8 @@ from typing import Final, TypeAlias
 
 __all__ = [
     "DEFAULT_KEYS",
+    "ENV_TRACEPARENT",
+    "ENV_TRACESTATE",
     "MAX_TRACEPARENT_LENGTH",
     "MAX_TRACESTATE_LENGTH",
     "MAX_TRACESTATE_MEMBERS",
@@ -150,10 +152,14 @@ TRACESTATE_INVALID_REASONS: Final = (
 #: Default (traceparent key, tracestate key) pairs, tried in this order within a carrier:
 #: the Kubernetes pod-annotation convention, the bare W3C header names, and OpenTelemetry's
 #: environment-variable carrier names.
+#: The OpenTelemetry environment-variable carrier's names.
+ENV_TRACEPARENT: Final = "TRACEPARENT"
+ENV_TRACESTATE: Final = "TRACESTATE"
+
 DEFAULT_KEYS: Final[tuple[tuple[str, str], ...]] = (
     ("tracing.k8s.io/traceparent", "tracing.k8s.io/tracestate"),
     ("traceparent", "tracestate"),
-    ("TRACEPARENT", "TRACESTATE"),
+    (ENV_TRACEPARENT, ENV_TRACESTATE),
 )
 
 # -- internals ------------------------------------------------------------------------------

@@ -7,6 +7,8 @@ import json
 import pytest
 from google.protobuf.any_pb2 import Any as AnyMsg
 
+from otelbridge.app import containerd_client
+from otelbridge.config import Config, EnrichConfig
 from otelbridge.containerd._gen import otelbridge_api_pb2 as api
 from otelbridge.containerd.records import container_info, spec_fields, task_info, timestamp_ns
 from otelbridge.model import TaskState
@@ -220,3 +222,18 @@ def test_task_info_takes_the_id_when_container_id_is_empty() -> None:
 def test_task_info_prefers_container_id() -> None:
     p = api.Process(container_id="web", id="exec-1", pid=10)
     assert task_info("default", p).container_id == "web"
+
+
+def test_the_configured_env_variable_is_kept_from_the_container_record() -> None:
+    spec = b'{"process": {"env": ["OTEL_TRACEPARENT=tp", "OTEL_TRACESTATE=ts", "TRACEPARENT=x"]}}'
+    record = api.Container(
+        id="c",
+        spec={"type_url": "types.containerd.io/opencontainers/runtime-spec/1/Spec", "value": spec},
+    )
+    config = Config(enrich=EnrichConfig(env_traceparent="OTEL_TRACEPARENT"))
+    client = containerd_client(config)
+    try:
+        info = container_info("ns", record, client._env_keys)
+    finally:
+        client.close()
+    assert dict(info.env) == {"OTEL_TRACEPARENT": "tp", "OTEL_TRACESTATE": "ts"}

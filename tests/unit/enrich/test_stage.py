@@ -361,25 +361,50 @@ def test_nothing_dropped_means_no_count_and_no_dropped_attribute() -> None:
 # -- what an in-flight startup keeps of its container record ------------------------------------
 
 
-def test_admit_keeps_only_trace_context_keys_and_globbed_labels() -> None:
+def test_admit_keeps_the_parsed_context_and_only_the_selected_labels() -> None:
     info = container(
         labels={"traceparent": TP_LABEL, "tracestate": "a=1", "team": "rt", "big": "x" * 999},
         annotations={
             "tracing.k8s.io/traceparent": TP_ANNOTATION,
-            "tracing.k8s.io/tracestate": "b=2",
             "io.kubernetes.cri.container-name": "web",
         },
         env={"TRACEPARENT": TP_ENV},
     )
     config = EnrichConfig(label_attributes=("team",))
     kept = Enricher(config, Counters()).admit(info)
-    assert dict(kept.labels) == {"traceparent": TP_LABEL, "tracestate": "a=1", "team": "rt"}
-    assert dict(kept.annotations) == {
-        "tracing.k8s.io/traceparent": TP_ANNOTATION,
-        "tracing.k8s.io/tracestate": "b=2",
-    }
-    assert dict(kept.env) == {"TRACEPARENT": TP_ENV}
+    assert dict(kept.labels) == {"team": "rt"}
+    assert not kept.annotations and not kept.env  # the raw values are not held
+    assert kept.trace is not None and kept.trace.source == "label:traceparent"
+    assert kept.trace.context is not None and kept.trace.context.trace_state == "a=1"
     assert (kept.id, kept.image, kept.created_at_ns) == (info.id, info.image, info.created_at_ns)
+
+
+def test_admit_bounds_what_a_hostile_record_leaves_behind() -> None:
+    huge = "k=" + "v" * 200_000
+    info = container(
+        labels={f"l{i}": "x" * 5000 for i in range(500)} | {"tracestate": huge},
+        annotations={"traceparent": "y" * 200_000, "other": "z" * 200_000},
+        env={"TRACEPARENT": "w" * 200_000},
+    )
+    config = EnrichConfig(label_attributes=("l*",), max_label_attributes=4)
+    kept = Enricher(config, Counters()).admit(info)
+    assert sum(len(k) + len(v) for k, v in kept.labels.items()) <= 4 * (3 + 256)
+    assert kept.trace is not None and kept.trace.invalid_reason == "too_long"
+
+
+def test_admitting_twice_changes_nothing() -> None:
+    counters = Counters()
+    enricher = Enricher(EnrichConfig(label_attributes=("*",), max_attribute_length=60), counters)
+    once = enricher.admit(container(labels={"traceparent": TP_LABEL, "note": "y" * 100}))
+    assert enricher.admit(once) == once
+    assert counters.get(semconv.ATTRIBUTES_DROPPED) == 1
+
+
+def test_link_policy_ignore_resolves_nothing_at_admission() -> None:
+    info = container(labels={"traceparent": TP_LABEL})
+    config = EnrichConfig(namespace_link_policy={info.namespace: "ignore"})
+    kept = Enricher(config, Counters()).admit(info)
+    assert kept.trace is not None and not kept.trace.found
 
 
 def test_admitted_record_enriches_like_the_full_one() -> None:

@@ -529,6 +529,8 @@ def test_public_api_is_pinned() -> None:
     assert sorted(tc.__all__) == sorted(
         [
             "DEFAULT_KEYS",
+            "ENV_TRACEPARENT",
+            "ENV_TRACESTATE",
             "MAX_TRACEPARENT_LENGTH",
             "MAX_TRACESTATE_LENGTH",
             "MAX_TRACESTATE_MEMBERS",
