@@ -147,36 +147,23 @@ class ContainerdClient:
         )
         self._raw = raw
         self.channel = grpc.intercept_channel(raw, _AllowList(ALLOWED_METHODS))
-        deser = api
         self._subscribe = self.channel.unary_stream(
             M_SUBSCRIBE,
             request_serializer=_serialize,
-            response_deserializer=deser.Envelope.FromString,
+            response_deserializer=api.Envelope.FromString,
         )
-        self._get = self.channel.unary_unary(
-            M_CONTAINER_GET,
-            request_serializer=_serialize,
-            response_deserializer=deser.GetContainerResponse.FromString,
-        )
-        self._list = self.channel.unary_unary(
-            M_CONTAINER_LIST,
-            request_serializer=_serialize,
-            response_deserializer=deser.ListContainersResponse.FromString,
-        )
-        self._tasks = self.channel.unary_unary(
-            M_TASK_LIST,
-            request_serializer=_serialize,
-            response_deserializer=deser.ListTasksResponse.FromString,
-        )
-        self._namespaces = self.channel.unary_unary(
-            M_NAMESPACE_LIST,
-            request_serializer=_serialize,
-            response_deserializer=deser.ListNamespacesResponse.FromString,
-        )
-        self._version = self.channel.unary_unary(
-            M_VERSION,
-            request_serializer=lambda _: b"",
-            response_deserializer=deser.VersionResponse.FromString,
+        self._get = self._unary(M_CONTAINER_GET, api.GetContainerResponse)
+        self._list = self._unary(M_CONTAINER_LIST, api.ListContainersResponse)
+        self._tasks = self._unary(M_TASK_LIST, api.ListTasksResponse)
+        self._namespaces = self._unary(M_NAMESPACE_LIST, api.ListNamespacesResponse)
+        self._version = self._unary(M_VERSION, api.VersionResponse)
+
+    def _unary(self, method: str, response: Any) -> Any:
+        # requests serialize themselves; Version's (google.protobuf.Empty) is passed as None
+        return self.channel.unary_unary(
+            method,
+            request_serializer=lambda m: b"" if m is None else _serialize(m),
+            response_deserializer=response.FromString,
         )
 
     def close(self) -> None:
