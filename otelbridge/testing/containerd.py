@@ -419,6 +419,11 @@ state = "{b}/state"
   bin_dir = "{b}/cni/bin"
   conf_dir = "{b}/cni/conf"
 
+# declaring the runc runtime's options replaces containerd's default runc entry, so its
+# type must be given too (else RunPodSandbox: "container.Runtime.Name must be set")
+[{cri}.containerd.runtimes.runc]
+  runtime_type = "io.containerd.runc.v2"
+
 [{cri}.containerd.runtimes.runc.options]
   Root = "{b}/runc"
 """
