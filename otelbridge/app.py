@@ -9,14 +9,18 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
 
 from opentelemetry.proto.common.v1.common_pb2 import InstrumentationScope
+from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from otelbridge import __version__
 from otelbridge.clock import Clock, SystemClock
 from otelbridge.config import Config
 from otelbridge.containerd.client import ContainerdClient
+from otelbridge.durable import SpoolExporter, StateStore
 from otelbridge.emit import semconv
 from otelbridge.export import SpanExporter
 from otelbridge.export.batch import BatchConfig, BatchProcessor
@@ -38,6 +42,22 @@ def exporter_environ(environ: Mapping[str, str], exporter: str | None) -> Mappin
     return {**environ, "OTEL_TRACES_EXPORTER": exporter}
 
 
+def _exporters_and_resource(
+    config: Config,
+    environ: Mapping[str, str] | None,
+    exporter: str | None,
+    jsonl_path: str | None,
+    extra_exporters: Sequence[SpanExporter],
+) -> tuple[list[SpanExporter], Resource, Mapping[str, str]]:
+    env = exporter_environ(os.environ if environ is None else environ, exporter)
+    exporters = [*build_exporters(env, jsonl_path=jsonl_path), *extra_exporters]
+    extra = {}
+    node = config.enrich.node_name or env.get("NODE_NAME", "")
+    if node:
+        extra[semconv.K8S_NODE_NAME] = node
+    return exporters, build_resource(env, extra=extra), env
+
+
 def build_batch(
     config: Config,
     counters: Counters,
@@ -47,14 +67,11 @@ def build_batch(
     jsonl_path: str | None = None,
     extra_exporters: Sequence[SpanExporter] = (),
 ) -> BatchProcessor:
-    """Exporters (``OTEL_TRACES_EXPORTER`` or ``exporter``) behind a batch processor."""
-    env = exporter_environ(os.environ if environ is None else environ, exporter)
-    exporters = [*build_exporters(env, jsonl_path=jsonl_path), *extra_exporters]
-    extra = {}
-    node = config.enrich.node_name or env.get("NODE_NAME", "")
-    if node:
-        extra[semconv.K8S_NODE_NAME] = node
-    resource = build_resource(env, extra=extra)
+    """Exporters (``OTEL_TRACES_EXPORTER`` or ``exporter``) behind an in-memory batch
+    processor (replay, the demo, a bridge without a state directory)."""
+    exporters, resource, env = _exporters_and_resource(
+        config, environ, exporter, jsonl_path, extra_exporters
+    )
     return BatchProcessor.from_config(
         exporters, resource, scope(), counters, BatchConfig.from_env(env)
     )
@@ -69,24 +86,43 @@ def containerd_client(config: Config) -> ContainerdClient:
     )
 
 
+class ExportStage(Protocol):
+    def start(self) -> None: ...
+    def shutdown(self, timeout_s: float = ...) -> None: ...
+
+
 @dataclass
 class Bridge:
-    """A live bridge: containerd client, source, pipeline and exporters, not started."""
+    """A live bridge: containerd client, source, pipeline and export stage, not started.
+
+    ``store`` is set when the bridge keeps state on disk (``state.dir``): spans then go
+    through the spool (``exporter`` is a SpoolExporter), else through an in-memory
+    BatchProcessor.
+    """
 
     client: ContainerdClient
     source: LiveSource
     pipeline: Pipeline
-    batch: BatchProcessor
+    exporter: ExportStage
     counters: Counters
+    store: StateStore | None = None
 
     def start(self) -> None:
-        self.batch.start()
+        self.exporter.start()
         self.pipeline.start(self.source)
 
-    def shutdown(self, grace_s: float = 10.0) -> None:
-        """Stops listening, emits what is known and flushes the exporters. Idempotent."""
+    def submit(self, spans: list[Span]) -> None:
+        """Spans from outside the pipeline (the demo's rollout span); memory mode only."""
+        if not isinstance(self.exporter, BatchProcessor):
+            raise TypeError("a bridge with a state directory takes spans from its pipeline only")
+        self.exporter.submit(spans)
+
+    def shutdown(self, grace_s: float | None = None) -> None:
+        """Stops listening, commits or emits what is known, and lets the exporters send
+        for at most ``grace_s`` (default ``state.shutdown_grace_s``). Idempotent."""
+        grace = self.pipeline.config.state.shutdown_grace_s if grace_s is None else grace_s
         self.pipeline.shutdown()
-        self.batch.shutdown(grace_s)
+        self.exporter.shutdown(grace)
         self.client.close()
 
 
@@ -100,18 +136,48 @@ def build_live_bridge(
     clock: Clock | None = None,
     on_record: Callable[[StartupRecord, list[Span]], None] | None = None,
 ) -> Bridge:
+    """A bridge as ``otelbridge run`` builds it. With ``config.state.dir`` it keeps its
+    state there and resumes from what a previous run left."""
     counters = Counters()
     clock = clock or SystemClock()
     client = containerd_client(config)
-    batch = build_batch(
-        config,
-        counters,
-        environ=environ,
-        exporter=exporter,
-        jsonl_path=jsonl_path,
-        extra_exporters=extra_exporters,
-    )
     lookup: MetadataLookup = client.get_container
-    pipeline = Pipeline(config, batch, counters, clock=clock, lookup=lookup, on_record=on_record)
     source = LiveSource(client, config.source, counters, clock)
-    return Bridge(client, source, pipeline, batch, counters)
+    if not config.state.dir:
+        batch = build_batch(
+            config,
+            counters,
+            environ=environ,
+            exporter=exporter,
+            jsonl_path=jsonl_path,
+            extra_exporters=extra_exporters,
+        )
+        pipeline = Pipeline(
+            config, batch, counters, clock=clock, lookup=lookup, on_record=on_record
+        )
+        return Bridge(client, source, pipeline, batch, counters)
+    exporters, resource, env = _exporters_and_resource(
+        config, environ, exporter, jsonl_path, extra_exporters
+    )
+    store = StateStore(
+        Path(config.state.dir),
+        counters,
+        max_spool_bytes=int(config.state.max_spool_mb * 1024 * 1024),
+    )
+    batch_config = BatchConfig.from_env(env)
+    spool = SpoolExporter(
+        store,
+        exporters,
+        resource,
+        scope(),
+        counters,
+        max_batch_size=batch_config.max_batch_size,
+        schedule_delay_s=batch_config.schedule_delay_s,
+        max_backoff_s=config.state.export_max_backoff_s,
+    )
+    pipeline = Pipeline(
+        config, store, counters, clock=clock, lookup=lookup, on_record=on_record, store=store
+    )
+    pipeline.on_commit = spool.notify
+    source.resume_from(pipeline.restore())
+    return Bridge(client, source, pipeline, spool, counters, store)

@@ -80,6 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="the node daemon: containerd events -> spans -> OTLP")
     _common(run)
     _exporting(run)
+    run.add_argument(
+        "--state-dir",
+        help="where spans waiting for the collector and the checkpoint are kept "
+        "(default: $OTELBRIDGE_STATE_DIR or /var/lib/otelbridge; empty: memory only)",
+    )
 
     rec = sub.add_parser("record", help="record containerd's raw event stream to a file")
     _common(rec)
@@ -126,7 +131,14 @@ def _config(args: argparse.Namespace) -> Config:
         source = dataclasses.replace(source, address=address)
     if args.namespace:
         source = dataclasses.replace(source, namespaces=tuple(args.namespace))
-    return dataclasses.replace(cfg, source=source).checked()
+    state = cfg.state
+    if "state_dir" in vars(args):
+        # --state-dir, then $OTELBRIDGE_STATE_DIR, then the config file, then the default
+        flag = args.state_dir
+        state_dir = flag if flag is not None else os.environ.get("OTELBRIDGE_STATE_DIR")
+        if state_dir is not None:
+            state = dataclasses.replace(state, dir=state_dir)
+    return dataclasses.replace(cfg, source=source, state=state).checked()
 
 
 def _on_signals(stop: threading.Event) -> None:
@@ -158,6 +170,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         cfg.source.address,
         ", ".join(cfg.source.namespaces) or "all",
     )
+    if bridge.store is not None:
+        _log.warning("state kept in %s", bridge.store.path)
     stop = threading.Event()
     _on_signals(stop)
     bridge.start()

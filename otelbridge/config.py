@@ -57,6 +57,10 @@ class SourceConfig:
     """Envelopes buffered between the source and the pipeline; overflow is dropped and
     counted (``otelbridge.events.dropped``)."""
 
+    relist_interval_s: float = 60.0
+    """Every this many seconds containerd is listed again, as a safety net for events
+    lost on the way (containers found unknown are reported as partial); 0 disables."""
+
     def validate(self) -> list[str]:
         problems = []
         if not self.address:
@@ -72,6 +76,8 @@ class SourceConfig:
             problems.append("source.subscribe_settle_s must be >= 0")
         if self.queue_size < 1:
             problems.append("source.queue_size must be >= 1")
+        if self.relist_interval_s < 0:
+            problems.append("source.relist_interval_s must be >= 0")
         return problems
 
 
@@ -194,6 +200,45 @@ class EnrichConfig:
         return problems
 
 
+DEFAULT_STATE_DIR = "/var/lib/otelbridge"
+
+
+@dataclass(frozen=True)
+class StateConfig:
+    """What survives a restart: the span spool and the checkpoint (``otelbridge run``)."""
+
+    dir: str = DEFAULT_STATE_DIR
+    """Directory of the state database (``--state-dir`` / ``OTELBRIDGE_STATE_DIR``
+    override it); empty keeps nothing on disk (spans are then held in memory only)."""
+
+    max_spool_mb: float = 256.0
+    """Disk budget of spans waiting for the collector; beyond it the oldest are dropped,
+    logged and counted."""
+
+    commit_interval_s: float = 0.05
+    """State and spans are committed together at most this often: a ``kill -9`` loses at
+    most this much of the event stream (found again by listing containerd)."""
+
+    shutdown_grace_s: float = 10.0
+    """On SIGTERM, how long to keep sending spooled spans before exiting; the rest stays
+    on disk for the next start."""
+
+    export_max_backoff_s: float = 30.0
+    """Cap of the delay between attempts while the collector is unavailable (retried
+    until it answers)."""
+
+    def validate(self) -> list[str]:
+        problems = []
+        if self.max_spool_mb <= 0:
+            problems.append("state.max_spool_mb must be > 0")
+        for name in ("commit_interval_s", "export_max_backoff_s"):
+            if getattr(self, name) <= 0:
+                problems.append(f"state.{name} must be > 0")
+        if self.shutdown_grace_s < 0:
+            problems.append("state.shutdown_grace_s must be >= 0")
+        return problems
+
+
 @dataclass(frozen=True)
 class Config:
     """The whole bridge configuration."""
@@ -201,6 +246,7 @@ class Config:
     source: SourceConfig = field(default_factory=SourceConfig)
     correlate: CorrelateConfig = field(default_factory=CorrelateConfig)
     enrich: EnrichConfig = field(default_factory=EnrichConfig)
+    state: StateConfig = field(default_factory=StateConfig)
 
     def validate(self) -> list[str]:
         problems = []
@@ -213,7 +259,12 @@ class Config:
                     problems.append(f"{section.name}.{f.name} must be a finite number")
         if problems:
             return problems
-        return self.source.validate() + self.correlate.validate() + self.enrich.validate()
+        return (
+            self.source.validate()
+            + self.correlate.validate()
+            + self.enrich.validate()
+            + self.state.validate()
+        )
 
     def checked(self) -> Config:
         """Returns self, or raises :class:`ConfigError` listing every problem."""
@@ -321,6 +372,7 @@ __all__ = [
     "CorrelateConfig",
     "EnrichConfig",
     "SourceConfig",
+    "StateConfig",
     "config_from_mapping",
     "load_config",
 ]

@@ -109,6 +109,8 @@ class Correlator:
         self._reconciling: set[ContainerKey] = set()
         # startups given up on by _bound, handed out by the next expire()/flush()
         self._evicted: list[StartupRecord] = []
+        # keys whose state changed since take_changes(), when a checkpoint is kept
+        self._changed: set[ContainerKey] | None = None
 
     # -- introspection (status, tests) ----------------------------------------------------
     @property
@@ -122,11 +124,73 @@ class Correlator:
     def knows(self, key: ContainerKey) -> bool:
         return key in self._live or key in self._done
 
+    # -- checkpoints ---------------------------------------------------------------------
+    def track_changes(self) -> None:
+        """From now on, remember which keys' state changes (see :meth:`take_changes`)."""
+        if self._changed is None:
+            self._changed = set()
+
+    def take_changes(self) -> set[ContainerKey]:
+        """The keys whose state changed since the last call (tracking must be on)."""
+        changed = self._changed or set()
+        self._changed = set()
+        return changed
+
+    def mark_changed(self, keys: set[ContainerKey]) -> None:
+        """Puts keys back among the changed ones (a commit of them failed)."""
+        if self._changed is not None:
+            self._changed |= keys
+
+    def _mark(self, key: ContainerKey) -> None:
+        if self._changed is not None:
+            self._changed.add(key)
+
+    def state_of(
+        self, key: ContainerKey
+    ) -> tuple[StartupRecord | None, int, tuple[int, int, int] | None, int | None]:
+        """What a checkpoint keeps of ``key``: its in-flight record and newest event time,
+        its tombstone ``(incarnation, attempt, task create time)``, its pending snapshot
+        prepare time; ``None`` where there is none."""
+        flight = self._live.get(key)
+        tomb = self._done.get(key)
+        prepared = self._prepares.get(key)
+        return (
+            flight.record if flight is not None else None,
+            flight.last_event_ns if flight is not None else 0,
+            (tomb.incarnation_ns, tomb.attempt, tomb.task_create_ns) if tomb else None,
+            prepared[0] if prepared is not None else None,
+        )
+
+    def restore(
+        self,
+        in_flight: Sequence[tuple[StartupRecord, int]],
+        done: Sequence[tuple[ContainerKey, int, int, int]],
+        prepares: Sequence[tuple[ContainerKey, int]],
+    ) -> None:
+        """Loads a checkpoint into an empty correlator. Deadlines restart from now; the
+        caller looks up the in-flight containers' records again (``on_new`` is called)."""
+        now = self._clock.now_ns()
+        for key, prepared_ns in prepares:
+            self._prepares[key] = (prepared_ns, now + self._snapshot_ttl_ns)
+        for key, incarnation_ns, attempt, task_create_ns in done:
+            self._done[key] = _Tombstone(
+                incarnation_ns, attempt, now + self._idle_timeout_ns, task_create_ns
+            )
+        for record, last_event_ns in in_flight:
+            self._live[record.key] = _InFlight(
+                record, now + self._startup_timeout_ns, last_event_ns
+            )
+            if self._on_new is not None:
+                self._on_new(record)
+        self._bound()
+
     # -- events --------------------------------------------------------------------------
     def process(self, event: LifecycleEvent) -> Sequence[StartupRecord]:
         """Feeds one event; returns the records it completed (usually none)."""
         kind = event.kind
         key = ContainerKey(event.namespace, event.subject)
+        if self._changed is not None:
+            self._changed.add(key)
         if kind is EventKind.CONTAINER_CREATE:
             return self._container_create(key, event)
         if kind is EventKind.TASK_CREATE:
@@ -158,7 +222,8 @@ class Correlator:
         prepares.pop(key, None)
         prepares[key] = (event.timestamp_ns, self._clock.now_ns() + self._snapshot_ttl_ns)
         if len(prepares) > self._cfg.max_pending_snapshots:
-            prepares.popitem(last=False)
+            evicted, _ = prepares.popitem(last=False)
+            self._mark(evicted)
             self._counters.inc(semconv.SNAPSHOTS_UNMATCHED)
 
     def _start(
@@ -313,6 +378,7 @@ class Correlator:
         self, flight: _InFlight, outcome: Outcome, end_ns: int, *, tombstone: bool = True
     ) -> Sequence[StartupRecord]:
         rec = flight.record
+        self._mark(rec.key)
         self._live.pop(rec.key, None)
         self._reconciling.discard(rec.key)
         rec.outcome = outcome
@@ -338,7 +404,8 @@ class Correlator:
         while len(self._live) + len(self._done) > limit:
             self._counters.inc(semconv.STATE_EVICTED)
             if self._done:
-                self._done.popitem(last=False)
+                key, _ = self._done.popitem(last=False)
+                self._mark(key)
                 continue
             # only in-flight startups left: give up on the oldest, visibly
             flight = next(iter(self._live.values()))
@@ -374,12 +441,14 @@ class Correlator:
             if tomb.idle_deadline_ns > now:
                 break
             del self._done[key]
+            self._mark(key)
             self._counters.inc(semconv.STATE_EVICTED)
         while self._prepares:
             key, (_, deadline) = next(iter(self._prepares.items()))
             if deadline > now:
                 break
             del self._prepares[key]
+            self._mark(key)
             self._counters.inc(semconv.SNAPSHOTS_UNMATCHED)
         return out
 
@@ -416,6 +485,8 @@ class Correlator:
             if flight is None and key not in self._done:
                 if info.created_at_ns <= snap.since_ns:
                     continue  # running since before the bridge listened
+                if snap.until_ns and info.created_at_ns > snap.until_ns:
+                    continue  # too recent to tell: its events may still be on their way
                 flight = self._adopt(info, now)
             elif flight is None:
                 continue  # its startup already completed
@@ -429,14 +500,21 @@ class Correlator:
                 if task.state is TaskState.STOPPED:
                     flight.record.exit_status = task.exit_status
         covered = set(snap.namespaces)
+        # a relist runs beside the stream: an in-flight container seen recently may have
+        # been created after the listing was taken; only older ones can be judged gone
+        seen_before = snap.taken_at_ns - self._grace_ns if snap.until_ns else None
         for key, flight in self._live.items():
+            if seen_before is not None and flight.last_event_ns >= seen_before:
+                continue
             if key.namespace in covered and key not in listed:
                 # gone from containerd: deleted while nobody listened
                 flight.reconcile_state = None
                 flight.reconcile_deadline_ns = grace_deadline
                 self._reconciling.add(key)
-        for key in [k for k in self._done if k.namespace in covered and k not in listed]:
-            del self._done[key]
+        if seen_before is None:  # a relist cannot tell old tombstones from new ones
+            for key in [k for k in self._done if k.namespace in covered and k not in listed]:
+                del self._done[key]
+                self._mark(key)
         return _NONE
 
     def _adopt(self, info: ContainerInfo, now: int) -> _InFlight:
@@ -452,6 +530,7 @@ class Correlator:
         flight = _InFlight(record, now + self._startup_timeout_ns, info.created_at_ns)
         flight.reconciled = True
         self._live[info.key] = flight
+        self._mark(info.key)
         self._bound()
         return flight
 

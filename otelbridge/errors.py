@@ -11,6 +11,7 @@
     ├── DecodeError              an envelope or recording line could not be decoded: skip
     ├── ExportError              an exporter failed
     │   └── RetryableExportError     the collector asked to retry (UNAVAILABLE, 503, ...)
+    ├── StateError               the state directory or database cannot be used
     └── EnvironmentProblem       the machine lacks something a command needs (demo)
 
 The hot path (decode, correlate, enrich, emit) does not raise these to its callers: it

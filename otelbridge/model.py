@@ -153,6 +153,9 @@ class ReconcileSnapshot:
     namespaces: tuple[str, ...]
     containers: tuple[ContainerInfo, ...]
     tasks: Mapping[ContainerKey, TaskInfo]
+    until_ns: int = 0
+    """A periodic relist looks only at containers created up to here (0: no bound), so a
+    container whose events are still on their way is not taken for a missed one."""
 
 
 class Outcome(enum.Enum):

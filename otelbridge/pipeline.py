@@ -13,8 +13,15 @@ Two ways to drive it:
   completed startup waits for its record at most ``metadata_timeout_s`` without holding
   up other containers; the batch processor exports on its own thread.
 
-Shutdown joins the source first, feeds what it left in the queue, emits startups still
-in flight as ``incomplete``, and waits for outstanding lookups once, at most
+With a :class:`~otelbridge.durable.StateStore` (``otelbridge run``), the event thread
+commits the correlator's changes and the spans they produced together, every
+``state.commit_interval_s``; a startup completed but still waiting for its container
+record is checkpointed as such, so it is re-emitted, not lost, after a crash. On start the
+checkpoint is restored.
+
+Shutdown joins the source first and feeds what it left in the queue. Without a store it
+then emits startups still in flight as ``incomplete``; with one it checkpoints them, and
+the next start resumes them. Outstanding lookups are waited for once, at most
 ``metadata_timeout_s`` in all.
 """
 
@@ -34,6 +41,7 @@ from otelbridge.clock import Clock, EventTimeClock, SystemClock
 from otelbridge.config import Config
 from otelbridge.correlate import Correlator
 from otelbridge.decode import Decoder
+from otelbridge.durable import StateRow, StateStore
 from otelbridge.emit import semconv
 from otelbridge.emit.spans import build_startup_spans
 from otelbridge.enrich.lookups import LookupPool
@@ -43,6 +51,7 @@ from otelbridge.logutil import ThrottledLogger
 from otelbridge.model import (
     ContainerInfo,
     ContainerKey,
+    Outcome,
     RawEnvelope,
     ReconcileSnapshot,
     StartupRecord,
@@ -96,7 +105,10 @@ class Pipeline:
         lookup: MetadataLookup | None = None,
         lookup_async: bool = True,
         on_record: Callable[[StartupRecord, list[Span]], None] | None = None,
+        store: StateStore | None = None,
     ) -> None:
+        """``sink`` receives the spans; with a ``store`` (which must then be the sink
+        too), state and spans are committed together (see the module docstring)."""
         self.config = config
         self.counters = counters
         self._sink = sink
@@ -123,6 +135,19 @@ class Pipeline:
         self._source_thread: threading.Thread | None = None
         self._event_thread: threading.Thread | None = None
         self._closed = False
+        self._store = store
+        # completed startups whose spans are not committed yet, by key (checkpointed as
+        # "completed, not emitted" until they are)
+        self._unemitted: dict[ContainerKey, StartupRecord] = {}
+        self._emitted: set[ContainerKey] = set()
+        self._horizon_ns: int | None = None
+        self._commit_every_ns = int(config.state.commit_interval_s * _NS)
+        self._next_commit_ns = 0
+        self.restored = False
+        self.on_commit: Callable[[], None] | None = None
+        """Called after each commit (the spool exporter's wake-up)."""
+        if store is not None:
+            self.correlator.track_changes()
         self.connected = threading.Event()
         self.failed = False
         """Set when the source died of an unexpected error (the pipeline has stopped)."""
@@ -163,6 +188,8 @@ class Pipeline:
             event = self.decoder(item)
             if event is None:
                 return
+            if self._horizon_ns is None or event.timestamp_ns > self._horizon_ns:
+                self._horizon_ns = event.timestamp_ns
             if event.timestamp_ns > self._wall.now_ns() + _MAX_FUTURE_NS:
                 self.counters.inc(semconv.EVENTS_MALFORMED)
                 _tlog.warning(
@@ -199,6 +226,8 @@ class Pipeline:
             _tlog.log(logging.ERROR, "bug", "deadline check failed", exc_info=True)
 
     def _complete(self, record: StartupRecord) -> None:
+        if self._store is not None:
+            self._unemitted[record.key] = record
         ticket = self._tickets.pop(id(record), None)
         if ticket is None:
             self._emit(record)
@@ -243,6 +272,8 @@ class Pipeline:
             spans = build_startup_spans(record, self.enricher.enrich(record))
             self.counters.inc(semconv.SPANS_EMITTED, len(spans))
             self._sink.submit(spans)
+            if self._store is not None and self._unemitted.pop(record.key, None) is not None:
+                self._emitted.add(record.key)
             if self._on_record is not None:
                 self._on_record(record, spans)
         except Exception:  # a bug must cost one startup, not the daemon
@@ -261,6 +292,57 @@ class Pipeline:
                 (item.ticket for item in self._pending), self.config.enrich.metadata_timeout_s
             )
             self._drain(self._clock.now_ns(), force=True)
+
+    # -- durability --------------------------------------------------------------------
+    def restore(self) -> int | None:
+        """Loads the store's checkpoint (call once, before start). Returns the newest
+        event time the previous run had committed (the source resumes from there)."""
+        assert self._store is not None
+        cp = self._store.load()
+        completed_tombstones = [
+            (r.key, r.incarnation_ns, r.attempt, r.task_create_ns or r.start_ns)
+            for r in cp.unemitted
+            if r.outcome not in (Outcome.DELETED, Outcome.INCOMPLETE)
+        ]
+        self.correlator.restore(cp.in_flight, [*cp.done, *completed_tombstones], cp.prepares)
+        for record in cp.unemitted:  # completed before the crash, spans never committed
+            self._on_new(record)
+            self._complete(record)
+        self._horizon_ns = cp.horizon_ns
+        self.restored = True
+        if cp.in_flight or cp.unemitted or cp.spooled:
+            _log.warning(
+                "resumed: %d startups in flight, %d to emit, %d spans spooled",
+                len(cp.in_flight),
+                len(cp.unemitted),
+                cp.spooled,
+            )
+        return cp.horizon_ns
+
+    def checkpoint(self) -> None:
+        """Commits the changed state and the spans it produced, in one transaction."""
+        store = self._store
+        if store is None:
+            return
+        keys = self.correlator.take_changes() | self._emitted | self._unemitted.keys()
+        self._emitted = set()
+        rows = []
+        for key in keys:
+            pending = self._unemitted.get(key)
+            if pending is not None:
+                rows.append(StateRow(key, pending, pending.end_ns or 0))
+                continue
+            record, last_event_ns, tombstone, prepare_ns = self.correlator.state_of(key)
+            rows.append(StateRow(key, record, last_event_ns, tombstone, prepare_ns))
+        try:
+            store.commit(rows, self._horizon_ns)
+        except Exception:  # a full disk must not stop the stream: state stays in memory
+            self.counters.inc(semconv.PIPELINE_ERRORS)
+            _tlog.log(logging.ERROR, "commit", "could not commit the checkpoint", exc_info=True)
+            self.correlator.mark_changed(keys)  # written with the next commit
+            return
+        if self.on_commit is not None:
+            self.on_commit()
 
     # -- live --------------------------------------------------------------------------
     def offer(self, item: SourceItem) -> None:
@@ -313,6 +395,9 @@ class Pipeline:
             if now >= next_tick or (item is None and self._pending):
                 self.tick()
                 next_tick = now + _LIVE_TICK_NS
+            if self._store is not None and now >= self._next_commit_ns:
+                self.checkpoint()
+                self._next_commit_ns = now + self._commit_every_ns
 
     def shutdown(self, timeout_s: float = 5.0) -> None:
         """Stops the threads and emits everything known: what the source queued is
@@ -335,10 +420,21 @@ class Pipeline:
                     break
         else:
             _log.error("event thread did not stop in %.1fs; its queue is abandoned", timeout_s)
-        in_flight = self.correlator.in_flight
-        if in_flight:
-            _log.info("shutdown: %d startup(s) in flight emitted as incomplete", in_flight)
-        self.finish()
+        if self._store is None:
+            in_flight = self.correlator.in_flight
+            if in_flight:
+                _log.info("shutdown: %d startup(s) in flight emitted as incomplete", in_flight)
+            self.finish()
+        else:
+            # startups in flight are checkpointed and resumed by the next start; completed
+            # ones still waiting for their record get one bounded wait, then stay pending
+            if self._pending and self._pool is not None:
+                self._pool.wait(
+                    (item.ticket for item in self._pending), self.config.enrich.metadata_timeout_s
+                )
+                self._drain(self._clock.now_ns())
+            self.checkpoint()
+            self._store.close()
         if self._pool is not None:
             self._pool.shutdown()
 

@@ -27,7 +27,7 @@ from pathlib import Path
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from otelbridge.app import build_live_bridge
-from otelbridge.config import Config, CorrelateConfig, SourceConfig
+from otelbridge.config import Config, CorrelateConfig, SourceConfig, StateConfig
 from otelbridge.demo.waterfall import render
 from otelbridge.emit import semconv
 from otelbridge.emit.spans import provisioning_span
@@ -82,6 +82,7 @@ def run_demo(
         config = Config(
             source=SourceConfig(address=cd.address, namespaces=(NAMESPACE,)),
             correlate=CorrelateConfig(startup_timeout_s=60.0),
+            state=StateConfig(dir=""),  # a showcase keeps nothing on disk
         )
         bridge = build_live_bridge(
             config,
@@ -100,7 +101,7 @@ def run_demo(
             for _ in range(len(names)):
                 if not done.acquire(timeout=30):
                     break
-            bridge.batch.submit([rollout_span])
+            bridge.submit([rollout_span])
         finally:
             bridge.shutdown()
     spans = collected.spans

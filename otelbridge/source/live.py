@@ -13,7 +13,13 @@ away, so every session goes:
 When containerd goes away (the stream fails with UNAVAILABLE, the socket is missing),
 the source re-subscribes with capped exponential backoff (tenacity), logging each
 failure and counting each reconnect. The horizon of the next listing is the newest
-envelope seen, so only containers created after it are reported.
+envelope seen, so only containers created after it are reported; a bridge restarted from
+a checkpoint resumes from the newest event it had committed (:meth:`LiveSource.resume_from`).
+
+While a session runs, containerd is listed again every ``relist_interval_s``, a safety
+net for events lost on the way (a full queue, a shim that gave up forwarding): a
+container created since the previous listing (and settled for a few seconds) that the
+correlator does not know is reported as partial.
 """
 
 from __future__ import annotations
@@ -36,6 +42,8 @@ from otelbridge.stats import Counters
 
 _log = logging.getLogger(__name__)
 _NS = 1_000_000_000
+# a relist leaves out containers this recent: their events may still be on their way
+_RELIST_SETTLE_NS = 5 * _NS
 
 
 class _StopError(Exception):
@@ -60,6 +68,12 @@ class LiveSource:
         self._sessions = 0
         self._lock = threading.Lock()
         self._current: Subscription | None = None
+
+    def resume_from(self, horizon_ns: int | None) -> None:
+        """Starts from a checkpoint: the first listing reports containers created after
+        ``horizon_ns`` (the newest event the previous run committed) as missed."""
+        if horizon_ns is not None:
+            self._horizon_ns = horizon_ns
 
     def filters(self) -> list[str]:
         # containerd ORs the filters of one subscription
@@ -117,6 +131,7 @@ class LiveSource:
         with self._lock:
             self._current = subscription
         established = False
+        ended = threading.Event()
         try:
             if stop.is_set():
                 raise _StopError
@@ -132,6 +147,13 @@ class LiveSource:
                 len(snapshot.containers),
             )
             sink(snapshot)
+            if self._cfg.relist_interval_s:
+                threading.Thread(
+                    target=self._relist,
+                    args=(sink, ended, snapshot.taken_at_ns),
+                    name="otelbridge-relist",
+                    daemon=True,
+                ).start()
             for envelope in subscription:
                 if self._horizon_ns is None or envelope.timestamp_ns > self._horizon_ns:
                     self._horizon_ns = envelope.timestamp_ns
@@ -143,16 +165,36 @@ class LiveSource:
                 raise  # connecting failed: tenacity backs off and tries again
             _log.warning("containerd event stream ended: %s", exc)
         finally:
+            ended.set()
             with self._lock:
                 self._current = None
             subscription.cancel()
         if stop.is_set():
             raise _StopError
 
+    def _relist(
+        self, sink: Callable[[SourceItem], None], ended: threading.Event, since_ns: int
+    ) -> None:
+        """Lists containerd every ``relist_interval_s`` until the session ends."""
+        while not ended.wait(self._cfg.relist_interval_s):
+            until_ns = self._clock.now_ns() - _RELIST_SETTLE_NS
+            try:
+                snapshot = self._list("relist", since_ns, until_ns)
+            except ContainerdError as exc:
+                _log.warning("relisting containerd failed: %s", exc)
+                continue
+            if ended.is_set():
+                return  # the session ended meanwhile: the next one lists anyway
+            sink(snapshot)
+            since_ns = until_ns
+
     def _snapshot(self, reason: str) -> ReconcileSnapshot:
-        now = self._clock.now_ns()
         if self._horizon_ns is None:
-            self._horizon_ns = now - int(self._cfg.initial_lookback_s * _NS)
+            self._horizon_ns = self._clock.now_ns() - int(self._cfg.initial_lookback_s * _NS)
+        return self._list(reason, self._horizon_ns)
+
+    def _list(self, reason: str, since_ns: int, until_ns: int = 0) -> ReconcileSnapshot:
+        now = self._clock.now_ns()
         namespaces = list(self._cfg.namespaces) or self._client.list_namespaces()
         containers: list[ContainerInfo] = []
         tasks: dict[ContainerKey, TaskInfo] = {}
@@ -162,9 +204,10 @@ class LiveSource:
                 tasks[ContainerKey(ns, task.container_id)] = task
         return ReconcileSnapshot(
             reason=reason,
-            since_ns=self._horizon_ns,
+            since_ns=since_ns,
             taken_at_ns=now,
             namespaces=tuple(namespaces),
             containers=tuple(containers),
             tasks=tasks,
+            until_ns=until_ns,
         )

@@ -20,10 +20,19 @@ pytestmark = pytest.mark.containerd
 
 
 def test_run_daemon_exports_and_stops_cleanly_on_sigterm(
-    namespace: Namespace, receiver: OtlpReceiver
+    namespace: Namespace, receiver: OtlpReceiver, tmp_path: Path
 ) -> None:
     proc = start(
-        ["run", "-v", "--address", namespace.cd.address, "--namespace", namespace.name],
+        [
+            "run",
+            "-v",
+            "--address",
+            namespace.cd.address,
+            "--namespace",
+            namespace.name,
+            "--state-dir",
+            str(tmp_path / "state"),
+        ],
         env={"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint, "OTEL_BSP_SCHEDULE_DELAY": "100"},
     )
     try:
@@ -45,7 +54,16 @@ def test_a_replayed_recording_gives_the_live_spans_exactly(
 ) -> None:
     recording = tmp_path / "events.jsonl"
     live = start(
-        ["run", "-v", "--address", namespace.cd.address, "--namespace", namespace.name],
+        [
+            "run",
+            "-v",
+            "--address",
+            namespace.cd.address,
+            "--namespace",
+            namespace.name,
+            "--state-dir",
+            str(tmp_path / "state"),
+        ],
         env={"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint, "OTEL_BSP_SCHEDULE_DELAY": "100"},
     )
     recorder = start(

@@ -10,11 +10,12 @@ import uuid
 from collections import defaultdict
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
 from otelbridge.app import Bridge, build_live_bridge
-from otelbridge.config import Config, CorrelateConfig, SourceConfig
+from otelbridge.config import Config, CorrelateConfig, SourceConfig, StateConfig
 from otelbridge.decode import decode
 from otelbridge.emit import semconv
 from otelbridge.model import LifecycleEvent
@@ -36,8 +37,11 @@ PHASES = {
 }
 
 
-def start_bridge(namespace: Namespace, receiver: OtlpReceiver, **source: object) -> Bridge:
+def start_bridge(
+    namespace: Namespace, receiver: OtlpReceiver, state_dir: Path, **source: object
+) -> Bridge:
     config = Config(
+        state=StateConfig(dir=str(state_dir)),
         source=SourceConfig(address=namespace.cd.address, namespaces=(namespace.name,), **source),  # type: ignore[arg-type]
         correlate=CorrelateConfig(reconcile_grace_s=0.5),
     )
@@ -52,8 +56,8 @@ def start_bridge(namespace: Namespace, receiver: OtlpReceiver, **source: object)
 
 
 @pytest.fixture
-def bridge(namespace: Namespace, receiver: OtlpReceiver) -> Iterator[Bridge]:
-    b = start_bridge(namespace, receiver)
+def bridge(namespace: Namespace, receiver: OtlpReceiver, tmp_path: Path) -> Iterator[Bridge]:
+    b = start_bridge(namespace, receiver, tmp_path / "state")
     yield b
     b.shutdown()
 
@@ -79,11 +83,20 @@ def envelope_times(lines: list[str], ns: str) -> dict[tuple[str, str], int]:
 
 
 def test_twenty_containers_give_twenty_linked_startup_traces(
-    namespace: Namespace, receiver: OtlpReceiver, ctr_events: CtrEvents
+    namespace: Namespace, receiver: OtlpReceiver, ctr_events: CtrEvents, tmp_path: Path
 ) -> None:
     """`otelbridge run` attached while 20 containers start through `ctr run`."""
     daemon = start(
-        ["run", "-v", "--address", namespace.cd.address, "--namespace", namespace.name],
+        [
+            "run",
+            "-v",
+            "--address",
+            namespace.cd.address,
+            "--namespace",
+            namespace.name,
+            "--state-dir",
+            str(tmp_path / "state"),
+        ],
         env={"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint, "OTEL_BSP_SCHEDULE_DELAY": "100"},
     )
     try:
@@ -170,10 +183,12 @@ def check_twenty(
 
 
 def test_containers_started_while_disconnected_are_reported_as_partial(
-    namespace: Namespace, receiver: OtlpReceiver
+    namespace: Namespace, receiver: OtlpReceiver, tmp_path: Path
 ) -> None:
     # a slow reconnect leaves a window in which containerd runs but nobody listens
-    bridge = start_bridge(namespace, receiver, reconnect_initial_s=3.0, reconnect_max_s=3.0)
+    bridge = start_bridge(
+        namespace, receiver, tmp_path / "state", reconnect_initial_s=3.0, reconnect_max_s=3.0
+    )
     try:
         before = f"before-{uuid.uuid4().hex[:6]}"
         namespace.run(before, "/bin/true")

@@ -16,6 +16,7 @@ from otelbridge.config import (
     CorrelateConfig,
     EnrichConfig,
     SourceConfig,
+    StateConfig,
     config_from_mapping,
     load_config,
 )
@@ -26,6 +27,7 @@ SECTIONS: dict[str, Any] = {
     "source": SourceConfig(),
     "correlate": CorrelateConfig(),
     "enrich": EnrichConfig(),
+    "state": StateConfig(),
 }
 
 
@@ -79,6 +81,7 @@ EXPECTED = Config(
         initial_lookback_s=120.0,
         subscribe_settle_s=0.1,
         queue_size=4096,
+        relist_interval_s=15.0,
     ),
     correlate=CorrelateConfig(
         startup_timeout_s=120.0,
@@ -99,6 +102,13 @@ EXPECTED = Config(
         metadata_timeout_s=0.5,
         lookup_workers=2,
         node_name="node-a",
+    ),
+    state=StateConfig(
+        dir="/srv/otelbridge-state",
+        max_spool_mb=64.0,
+        commit_interval_s=0.2,
+        shutdown_grace_s=3.0,
+        export_max_backoff_s=12.0,
     ),
 )
 
