@@ -41,7 +41,7 @@ class SourceConfig:
     reconnect_initial_s: float = 0.2
     """First delay before re-subscribing after the stream ended; doubles up to the cap."""
 
-    reconnect_max_s: float = 5.0
+    reconnect_max_s: float = 2.0
     """Cap of the re-subscription delay."""
 
     initial_lookback_s: float = 300.0

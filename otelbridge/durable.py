@@ -169,6 +169,9 @@ class StateStore:
         self._lock = threading.Lock()
         self._spool_bytes = 0
         self._spool_rows = 0
+        # the newest row id of the batch the exporter is sending: the budget leaves those
+        # rows alone, so a span is never both dropped and delivered
+        self._sending_upto = 0
         db = self._db()
         try:
             db.executescript(_SCHEMA)
@@ -265,14 +268,18 @@ class StateStore:
             self._enforce_budget(db)
 
     def _enforce_budget(self, db: sqlite3.Connection) -> None:
-        """Drops the oldest spans until the spool is back under 90% of its budget."""
+        """Drops the oldest spans not being sent until the spool is back under 90% of
+        its budget."""
         with self._lock:
             excess = self._spool_bytes - int(self._max_spool_bytes * 0.9)
+            sending_upto = self._sending_upto
         if excess <= 0:
             return
         freed = dropped = 0
         last_id = None
-        for row_id, size in db.execute("SELECT id, length(data) FROM spool ORDER BY id"):
+        for row_id, size in db.execute(
+            "SELECT id, length(data) FROM spool WHERE id > ? ORDER BY id", (sending_upto,)
+        ):
             freed += size
             dropped += 1
             last_id = row_id
@@ -281,7 +288,7 @@ class StateStore:
         if last_id is None:
             return
         with db:
-            db.execute("DELETE FROM spool WHERE id <= ?", (last_id,))
+            db.execute("DELETE FROM spool WHERE id > ? AND id <= ?", (sending_upto, last_id))
         with self._lock:
             self._spool_rows -= dropped
             self._spool_bytes -= freed
@@ -295,9 +302,13 @@ class StateStore:
 
     # -- export thread ---------------------------------------------------------------------
     def read_batch(self, limit: int) -> list[tuple[int, bytes]]:
-        """The oldest ``limit`` spooled spans as (row id, serialized span)."""
+        """The oldest ``limit`` spooled spans as (row id, serialized span); they are
+        being sent until :meth:`ack` (or the next read_batch)."""
         rows = self._db().execute("SELECT id, data FROM spool ORDER BY id LIMIT ?", (limit,))
-        return [(int(i), bytes(d)) for i, d in rows]
+        batch = [(int(i), bytes(d)) for i, d in rows]
+        with self._lock:
+            self._sending_upto = batch[-1][0] if batch else 0
+        return batch
 
     def ack(self, rows: Sequence[tuple[int, bytes]]) -> None:
         """Deletes spans that are done with (delivered, or given up and counted)."""
@@ -309,6 +320,7 @@ class StateStore:
         with self._lock:
             self._spool_rows -= len(rows)
             self._spool_bytes -= sum(len(d) for _, d in rows)
+            self._sending_upto = 0
 
     @property
     def spooled(self) -> tuple[int, int]:

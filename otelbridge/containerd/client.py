@@ -143,6 +143,12 @@ class ContainerdClient:
                 ("grpc.max_receive_message_length", _MAX_MESSAGE),
                 # a unix socket has no authority; grpc wants one for HTTP/2
                 ("grpc.default_authority", "localhost"),
+                # grpc's own reconnect backoff (1 s, growing 1.6x up to 2 min) would keep
+                # the channel failing fast for seconds after containerd is back, while
+                # containers start unseen; a local socket is cheap to retry
+                ("grpc.initial_reconnect_backoff_ms", 100),
+                ("grpc.min_reconnect_backoff_ms", 100),
+                ("grpc.max_reconnect_backoff_ms", 1000),
             ],
         )
         self._raw = raw
