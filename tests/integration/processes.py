@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 OTELBRIDGE = [sys.executable, "-m", "otelbridge"]
 
@@ -51,3 +52,84 @@ def final_counters(stderr: str) -> dict[str, int]:
     assert m, f"no counters in: {stderr[-1000:]}"
     counters: dict[str, int] = ast.literal_eval(m.group(1))
     return counters
+
+
+class Daemon:
+    """`otelbridge run` as a process, its log in a file (a pipe nobody reads would fill up
+    and stall it), restartable on the same state directory."""
+
+    def __init__(
+        self,
+        address: str,
+        namespace: str,
+        state_dir: Path,
+        endpoint: str,
+        *,
+        config: Path | None = None,
+        log_dir: Path | None = None,
+    ) -> None:
+        self.args = ["run", "-v", "--address", address, "--namespace", namespace]
+        self.args += ["--state-dir", str(state_dir)]
+        if config is not None:
+            self.args += ["--config", str(config)]
+        self.env = {
+            **os.environ,
+            "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
+            "OTEL_BSP_SCHEDULE_DELAY": "100",
+        }
+        self.log_dir = log_dir or state_dir.parent
+        self.runs = 0
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = self.log_dir / "daemon-0.log"
+
+    def start(self, timeout_s: float = 20) -> None:
+        self.runs += 1
+        self.log_path = self.log_dir / f"daemon-{self.runs}.log"
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                [*OTELBRIDGE, *self.args], stdout=log, stderr=subprocess.STDOUT, env=self.env
+            )
+        self.wait_for("subscribed to containerd", timeout_s)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_for(self, text: str, timeout_s: float = 20) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if text in self.log():
+                return
+            if self.proc is not None and self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        raise AssertionError(f"never saw {text!r}; log: {self.log()[-3000:]}")
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def rss_bytes(self) -> int:
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        raise AssertionError("no VmRSS")
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown, no flush."""
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(10)
+
+    def stop(self, timeout_s: float = 30) -> dict[str, int]:
+        """SIGTERM; returns the counters it logs when it stops."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout_s)
+        assert code == 0, self.log()[-3000:]
+        return final_counters(self.log())
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
