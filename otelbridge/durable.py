@@ -53,7 +53,7 @@ from otelbridge.stats import Counters
 _log = logging.getLogger(__name__)
 _tlog = ThrottledLogger(_log)
 DB_NAME = "otelbridge.db"
-_SCHEMA_VERSION = 1
+_SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS spool (id INTEGER PRIMARY KEY AUTOINCREMENT, data BLOB NOT NULL);
@@ -62,6 +62,9 @@ CREATE TABLE IF NOT EXISTS inflight (
 CREATE TABLE IF NOT EXISTS done (
     ns TEXT NOT NULL, id TEXT NOT NULL, incarnation INTEGER NOT NULL, attempt INTEGER NOT NULL,
     task_create INTEGER NOT NULL, PRIMARY KEY (ns, id));
+CREATE TABLE IF NOT EXISTS unemitted (
+    ns TEXT NOT NULL, id TEXT NOT NULL, attempt INTEGER NOT NULL, record TEXT NOT NULL,
+    PRIMARY KEY (ns, id, attempt));
 CREATE TABLE IF NOT EXISTS prepares (
     ns TEXT NOT NULL, key TEXT NOT NULL, ts INTEGER NOT NULL, PRIMARY KEY (ns, key));
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -133,10 +136,11 @@ class StateRow:
     """What the checkpoint holds for one key after a change (``None``: nothing)."""
 
     key: ContainerKey
-    record: StartupRecord | None = None  # in flight, or completed but not yet emitted
+    record: StartupRecord | None = None  # the startup in flight
     last_event_ns: int = 0
     tombstone: tuple[int, int, int] | None = None  # (incarnation, attempt, task create)
     prepare_ns: int | None = None
+    unemitted: Sequence[StartupRecord] = ()  # completed attempts whose spans are not out
 
 
 @dataclass
@@ -172,6 +176,7 @@ class StateStore:
         # the newest row id of the batch the exporter is sending: the budget leaves those
         # rows alone, so a span is never both dropped and delivered
         self._sending_upto = 0
+        self._sending_lock = threading.Lock()
         db = self._db()
         try:
             db.executescript(_SCHEMA)
@@ -205,7 +210,9 @@ class StateStore:
         """The state a previous run committed (an empty one on a first start)."""
         db = self._db()
         cp = Checkpoint(spooled=self._spool_rows)
-        for ns, cid, text in db.execute("SELECT ns, id, record FROM inflight"):
+        rows = [*db.execute("SELECT ns, id, record FROM inflight")]
+        rows += [*db.execute("SELECT ns, id, record FROM unemitted ORDER BY attempt")]
+        for ns, cid, text in rows:
             key = ContainerKey(ns, cid)
             try:
                 record, last = decode_record(key, text)
@@ -231,8 +238,9 @@ class StateStore:
         self._staged.extend(span.SerializeToString() for span in spans)
 
     def commit(self, rows: Iterable[StateRow], horizon_ns: int | None) -> None:
-        """Writes the staged spans and the changed state in one transaction."""
-        staged, self._staged = self._staged, []
+        """Writes the staged spans and the changed state in one transaction. If it fails,
+        nothing is written and the spans stay staged for the next commit."""
+        staged = self._staged
         db = self._db()
         added = sum(len(b) for b in staged)
         with db:  # one transaction: BEGIN ... COMMIT, ROLLBACK on error
@@ -258,8 +266,15 @@ class StateStore:
                     )
                 else:
                     db.execute("DELETE FROM prepares WHERE ns=? AND key=?", k)
+                db.execute("DELETE FROM unemitted WHERE ns=? AND id=?", k)
+                for done in row.unemitted:
+                    db.execute(
+                        "INSERT INTO unemitted VALUES (?, ?, ?, ?)",
+                        (*k, done.attempt, encode_record(done, done.end_ns or 0)),
+                    )
             if horizon_ns is not None:
                 db.execute("INSERT OR REPLACE INTO meta VALUES ('horizon', ?)", (horizon_ns,))
+        self._staged = []
         with self._lock:
             self._spool_rows += len(staged)
             self._spool_bytes += added
@@ -272,23 +287,27 @@ class StateStore:
         its budget."""
         with self._lock:
             excess = self._spool_bytes - int(self._max_spool_bytes * 0.9)
-            sending_upto = self._sending_upto
         if excess <= 0:
             return
-        freed = dropped = 0
-        last_id = None
-        for row_id, size in db.execute(
-            "SELECT id, length(data) FROM spool WHERE id > ? ORDER BY id", (sending_upto,)
-        ):
-            freed += size
-            dropped += 1
-            last_id = row_id
-            if freed >= excess:
-                break
-        if last_id is None:
-            return
-        with db:
-            db.execute("DELETE FROM spool WHERE id > ? AND id <= ?", (sending_upto, last_id))
+        # held across the delete: read_batch cannot pick rows this is about to drop
+        with self._sending_lock:
+            freed = dropped = 0
+            last_id = None
+            for row_id, size in db.execute(
+                "SELECT id, length(data) FROM spool WHERE id > ? ORDER BY id",
+                (self._sending_upto,),
+            ):
+                freed += size
+                dropped += 1
+                last_id = row_id
+                if freed >= excess:
+                    break
+            if last_id is None:
+                return
+            with db:
+                db.execute(
+                    "DELETE FROM spool WHERE id > ? AND id <= ?", (self._sending_upto, last_id)
+                )
         with self._lock:
             self._spool_rows -= dropped
             self._spool_bytes -= freed
@@ -304,9 +323,9 @@ class StateStore:
     def read_batch(self, limit: int) -> list[tuple[int, bytes]]:
         """The oldest ``limit`` spooled spans as (row id, serialized span); they are
         being sent until :meth:`ack` (or the next read_batch)."""
-        rows = self._db().execute("SELECT id, data FROM spool ORDER BY id LIMIT ?", (limit,))
-        batch = [(int(i), bytes(d)) for i, d in rows]
-        with self._lock:
+        with self._sending_lock:
+            rows = self._db().execute("SELECT id, data FROM spool ORDER BY id LIMIT ?", (limit,))
+            batch = [(int(i), bytes(d)) for i, d in rows]
             self._sending_upto = batch[-1][0] if batch else 0
         return batch
 
@@ -320,6 +339,7 @@ class StateStore:
         with self._lock:
             self._spool_rows -= len(rows)
             self._spool_bytes -= sum(len(d) for _, d in rows)
+        with self._sending_lock:
             self._sending_upto = 0
 
     @property
@@ -359,6 +379,9 @@ class SpoolExporter:
         initial_backoff_s: float = 0.5,
         max_backoff_s: float = 30.0,
     ) -> None:
+        """Waits between attempts grow from ``initial_backoff_s`` to ``max_backoff_s``,
+        plus up to ``initial_backoff_s`` of jitter (so bridges that lost the same
+        collector do not return in lockstep)."""
         self._store = store
         self._exporters = list(exporters)
         self._resource = resource
@@ -374,6 +397,7 @@ class SpoolExporter:
         self._deadline: float | None = None
         self._thread: threading.Thread | None = None
         self._closed = False
+        self._abandoned = False
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="otelbridge-export", daemon=True)
@@ -404,6 +428,8 @@ class SpoolExporter:
                 retry_after = self._send(rows)
                 if retry_after is None:
                     attempt = 0
+                    if self._past_deadline():
+                        return
                     if len(rows) < self._max_batch and not self._stopping.is_set():
                         self._sleep(self._delay_s)  # let a fuller batch gather
                     continue
@@ -423,6 +449,9 @@ class SpoolExporter:
         finally:
             self._store.close()
 
+    def _past_deadline(self) -> bool:
+        return self._deadline is not None and time.monotonic() >= self._deadline
+
     def _backoff_s(self, attempt: int) -> float:
         state = tenacity.RetryCallState(tenacity.Retrying(), None, (), {})
         state.attempt_number = attempt
@@ -432,11 +461,19 @@ class SpoolExporter:
         """One attempt for one batch: ``None`` when it is done with, else the delay the
         receivers asked for (0: none) before it is sent again."""
         spans = []
-        for _, data in rows:
+        corrupt = []
+        for row in rows:
             try:
-                spans.append(Span.FromString(data))
-            except Exception:  # a corrupt row must not block the spool
-                self._counters.inc(semconv.SPANS_DROPPED)
+                spans.append(Span.FromString(row[1]))
+            except Exception:  # a corrupt row must not block the spool: out, counted once
+                corrupt.append(row)
+        if corrupt:
+            self._store.ack(corrupt)
+            self._counters.inc(semconv.SPANS_DROPPED, len(corrupt))
+            _tlog.warning("corrupt", "%d unreadable spans in the spool dropped", len(corrupt))
+            rows = [row for row in rows if row not in corrupt]
+            if not spans:
+                return None
         request = ExportTraceServiceRequest(
             resource_spans=[
                 ResourceSpans(
@@ -458,6 +495,10 @@ class SpoolExporter:
                 self._counters.inc(semconv.SPANS_EXPORTED, len(spans) - rejected)
                 if rejected:
                     self._counters.inc(semconv.SPANS_DROPPED, rejected)
+            elif self._abandoned:
+                # the exporters were shut down under a thread that overran its grace: the
+                # batch is not refused, it stays spooled for the next start
+                return 0.0
             else:
                 self._counters.inc(semconv.SPANS_DROPPED, len(spans))
                 _tlog.warning("refused", "%d spans refused permanently; dropped", len(spans))
@@ -477,6 +518,7 @@ class SpoolExporter:
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout_s + 1.0)
+        self._abandoned = True
         for exporter in self._exporters:
             exporter.shutdown()
         rows, _ = self._store.spooled

@@ -112,7 +112,11 @@ class Pipeline:
         self.config = config
         self.counters = counters
         self._sink = sink
-        self._clock: Clock = clock if clock is not None else EventTimeClock()
+        if clock is None:
+            # replay follows event time; a store (live) needs real time, for its
+            # restored deadlines are set before any event arrives
+            clock = SystemClock() if store is not None else EventTimeClock()
+        self._clock: Clock = clock
         self._event_clock = self._clock if isinstance(self._clock, EventTimeClock) else None
         self._wall = wall_clock if wall_clock is not None else SystemClock()
         self.enricher = Enricher(config.enrich, counters)
@@ -136,9 +140,9 @@ class Pipeline:
         self._event_thread: threading.Thread | None = None
         self._closed = False
         self._store = store
-        # completed startups whose spans are not committed yet, by key (checkpointed as
-        # "completed, not emitted" until they are)
-        self._unemitted: dict[ContainerKey, StartupRecord] = {}
+        # completed startups whose spans are not committed yet, by key and attempt
+        # (checkpointed as "completed, not emitted" until they are)
+        self._unemitted: dict[ContainerKey, dict[int, StartupRecord]] = {}
         self._emitted: set[ContainerKey] = set()
         self._horizon_ns: int | None = None
         self._commit_every_ns = int(config.state.commit_interval_s * _NS)
@@ -188,14 +192,14 @@ class Pipeline:
             event = self.decoder(item)
             if event is None:
                 return
-            if self._horizon_ns is None or event.timestamp_ns > self._horizon_ns:
-                self._horizon_ns = event.timestamp_ns
             if event.timestamp_ns > self._wall.now_ns() + _MAX_FUTURE_NS:
                 self.counters.inc(semconv.EVENTS_MALFORMED)
                 _tlog.warning(
                     "future", "skipping %s of %s dated in the future", item.topic, event.key
                 )
                 return
+            if self._horizon_ns is None or event.timestamp_ns > self._horizon_ns:
+                self._horizon_ns = event.timestamp_ns
             clock = self._event_clock
             if clock is not None:
                 # replay: "now" is the time of the newest decodable event, set before the
@@ -227,7 +231,7 @@ class Pipeline:
 
     def _complete(self, record: StartupRecord) -> None:
         if self._store is not None:
-            self._unemitted[record.key] = record
+            self._unemitted.setdefault(record.key, {})[record.attempt] = record
         ticket = self._tickets.pop(id(record), None)
         if ticket is None:
             self._emit(record)
@@ -272,8 +276,12 @@ class Pipeline:
             spans = build_startup_spans(record, self.enricher.enrich(record))
             self.counters.inc(semconv.SPANS_EMITTED, len(spans))
             self._sink.submit(spans)
-            if self._store is not None and self._unemitted.pop(record.key, None) is not None:
-                self._emitted.add(record.key)
+            if self._store is not None:
+                attempts = self._unemitted.get(record.key)
+                if attempts is not None and attempts.pop(record.attempt, None) is not None:
+                    if not attempts:
+                        del self._unemitted[record.key]
+                    self._emitted.add(record.key)
             if self._on_record is not None:
                 self._on_record(record, spans)
         except Exception:  # a bug must cost one startup, not the daemon
@@ -328,12 +336,9 @@ class Pipeline:
         self._emitted = set()
         rows = []
         for key in keys:
-            pending = self._unemitted.get(key)
-            if pending is not None:
-                rows.append(StateRow(key, pending, pending.end_ns or 0))
-                continue
             record, last_event_ns, tombstone, prepare_ns = self.correlator.state_of(key)
-            rows.append(StateRow(key, record, last_event_ns, tombstone, prepare_ns))
+            unemitted = tuple(self._unemitted.get(key, {}).values())
+            rows.append(StateRow(key, record, last_event_ns, tombstone, prepare_ns, unemitted))
         try:
             store.commit(rows, self._horizon_ns)
         except Exception:  # a full disk must not stop the stream: state stays in memory
@@ -400,9 +405,10 @@ class Pipeline:
                 self._next_commit_ns = now + self._commit_every_ns
 
     def shutdown(self, timeout_s: float = 5.0) -> None:
-        """Stops the threads and emits everything known: what the source queued is
-        processed, startups still in flight are emitted as ``incomplete`` rather than
-        lost. Idempotent; works without start()."""
+        """Stops the threads; what the source queued is processed. Without a store,
+        startups still in flight are then emitted as ``incomplete`` rather than lost;
+        with one, they are checkpointed for the next start. Idempotent; works without
+        start()."""
         if self._closed:
             return
         self._closed = True
