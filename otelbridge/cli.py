@@ -31,6 +31,7 @@ from otelbridge.source.recording import (
     read_events,
 )
 from otelbridge.stats import Counters
+from otelbridge.status import DEFAULT_HTTP_ADDR, StatusServer
 
 _log = logging.getLogger("otelbridge")
 
@@ -80,6 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="the node daemon: containerd events -> spans -> OTLP")
     _common(run)
     _exporting(run)
+    run.add_argument(
+        "--http-addr",
+        help="status API address, HOST:PORT (default: $OTELBRIDGE_HTTP_ADDR or "
+        "127.0.0.1:9464, loopback only; empty: no status API)",
+    )
     run.add_argument(
         "--state-dir",
         help="where spans waiting for the collector and the checkpoint are kept "
@@ -172,11 +178,27 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     if bridge.store is not None:
         _log.warning("state kept in %s", bridge.store.path)
+    http_addr = args.http_addr
+    if http_addr is None:
+        http_addr = os.environ.get("OTELBRIDGE_HTTP_ADDR", DEFAULT_HTTP_ADDR)
+    status = None
+    if http_addr:
+        status = StatusServer(
+            http_addr,
+            bridge.counters,
+            alive=lambda: not bridge.pipeline.stopped.is_set(),
+            ready=bridge.pipeline.connected.is_set,
+        )
+        host, port = status.address[:2]
+        _log.warning("status API on http://%s:%s/ (/healthz, /readyz, /v1/counters)", host, port)
+        status.start()
     stop = threading.Event()
     _on_signals(stop)
     bridge.start()
     _wait(stop, bridge.pipeline.stopped)
     bridge.shutdown()
+    if status is not None:
+        status.shutdown()
     _log.warning("stopped; counters: %s", bridge.counters.nonzero())
     if bridge.pipeline.failed:
         print("otelbridge run: the event source failed (see the log above)", file=sys.stderr)

@@ -69,7 +69,7 @@ class Daemon:
         log_dir: Path | None = None,
     ) -> None:
         self.args = ["run", "-v", "--address", address, "--namespace", namespace]
-        self.args += ["--state-dir", str(state_dir)]
+        self.args += ["--state-dir", str(state_dir), "--http-addr", "127.0.0.1:0"]
         if config is not None:
             self.args += ["--config", str(config)]
         self.env = {
@@ -90,6 +90,12 @@ class Daemon:
                 [*OTELBRIDGE, *self.args], stdout=log, stderr=subprocess.STDOUT, env=self.env
             )
         self.wait_for("subscribed to containerd", timeout_s)
+
+    def status_url(self) -> str:
+        """The status API's base URL, as the daemon logged it."""
+        m = re.search(r"status API on (http://\S+/)", self.log())
+        assert m, self.log()[-2000:]
+        return m.group(1)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")

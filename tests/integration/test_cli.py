@@ -32,6 +32,8 @@ def test_run_daemon_exports_and_stops_cleanly_on_sigterm(
             namespace.name,
             "--state-dir",
             str(tmp_path / "state"),
+            "--http-addr",
+            "127.0.0.1:0",
         ],
         env={"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint, "OTEL_BSP_SCHEDULE_DELAY": "100"},
     )
@@ -63,6 +65,8 @@ def test_a_replayed_recording_gives_the_live_spans_exactly(
             namespace.name,
             "--state-dir",
             str(tmp_path / "state"),
+            "--http-addr",
+            "127.0.0.1:0",
         ],
         env={"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint, "OTEL_BSP_SCHEDULE_DELAY": "100"},
     )

@@ -96,6 +96,8 @@ def test_twenty_containers_give_twenty_linked_startup_traces(
             namespace.name,
             "--state-dir",
             str(tmp_path / "state"),
+            "--http-addr",
+            "127.0.0.1:0",
         ],
         env={"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint, "OTEL_BSP_SCHEDULE_DELAY": "100"},
     )

@@ -13,9 +13,11 @@ runs (CI runs the full length).
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
+import urllib.request
 import uuid
 from collections import defaultdict
 from collections.abc import Iterator
@@ -124,6 +126,16 @@ def test_a_collector_outage_loses_and_duplicates_nothing(
         f"collector came back"
     )
     daemon.stop()
+
+
+def test_the_status_api_says_alive_and_ready(daemon: Daemon) -> None:
+    base = daemon.status_url()
+    assert base.startswith("http://127.0.0.1:")
+    for path in ("healthz", "readyz"):
+        with urllib.request.urlopen(base + path, timeout=5) as response:
+            assert response.status == 200
+    with urllib.request.urlopen(base + "v1/counters", timeout=5) as response:
+        assert "otelbridge.events.received" in json.load(response)
 
 
 def test_a_bridge_killed_mid_burst_loses_and_duplicates_nothing(
