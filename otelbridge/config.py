@@ -107,6 +107,10 @@ class CorrelateConfig:
     """After a (re)connect listing, how long to wait for the live events of a container
     before concluding they were missed and emitting it as partial."""
 
+    pod_settle_s: float = 3.0
+    """A Kubernetes pod's startup ends this long after its last app container completed
+    without another one completing (containerd does not say how many a pod has)."""
+
     def validate(self) -> list[str]:
         problems = []
         for name in ("startup_timeout_s", "idle_timeout_s", "snapshot_ttl_s"):
@@ -114,6 +118,8 @@ class CorrelateConfig:
                 problems.append(f"correlate.{name} must be > 0")
         if self.reconcile_grace_s < 0:
             problems.append("correlate.reconcile_grace_s must be >= 0")
+        if self.pod_settle_s < 0:
+            problems.append("correlate.pod_settle_s must be >= 0")
         if self.max_tracked < 1:
             problems.append("correlate.max_tracked must be >= 1")
         if self.max_pending_snapshots < 1:

@@ -89,6 +89,44 @@ class LifecycleEvent(NamedTuple):
 
 
 @dataclass(frozen=True, slots=True)
+class CriInfo:
+    """What containerd's CRI plugin (Kubernetes) recorded about a container.
+
+    From the OCI annotations ``io.kubernetes.cri.*`` and the ``io.cri-containerd.*``
+    metadata extensions (Go JSON). ``pod_annotations`` are the pod's, read from the
+    sandbox's record only; ``annotations`` are the container's own CRI annotations.
+    """
+
+    kind: str  # "sandbox" or "container"
+    sandbox_id: str
+    pod_name: str = ""
+    pod_namespace: str = ""
+    pod_uid: str = ""
+    container_name: str = ""
+    attempt: int = 0
+    annotations: Mapping[str, str] = field(default_factory=_empty_map)
+    pod_annotations: Mapping[str, str] = field(default_factory=_empty_map)
+
+
+@dataclass(frozen=True, slots=True)
+class PodContext:
+    """A pod as its sandbox's record describes it, resolved when the record was admitted:
+    who it is and which provisioning trace its annotations name."""
+
+    namespace: str  # containerd namespace
+    sandbox_id: str
+    name: str
+    k8s_namespace: str
+    uid: str
+    identity_ns: int  # the sandbox record's created_at: the pod's IDs derive from it
+    trace: Resolution
+
+    @property
+    def key(self) -> ContainerKey:
+        return ContainerKey(self.namespace, self.sandbox_id)
+
+
+@dataclass(frozen=True, slots=True)
 class ContainerInfo:
     """What containerd's container record says about a container (``Containers/Get``).
 
@@ -112,6 +150,10 @@ class ContainerInfo:
     trace: Resolution | None = None
     """The trace context the record carries, resolved when it was admitted (then the raw
     annotations and environment are no longer kept); ``None``: not admitted yet."""
+    cri: CriInfo | None = None
+    """Set for containers the CRI plugin created (Kubernetes pods)."""
+    pod: PodContext | None = None
+    """The pod of a CRI container (its sandbox's, for the sandbox), once admitted."""
 
     @property
     def key(self) -> ContainerKey:

@@ -43,7 +43,7 @@ from otelbridge.correlate import Correlator
 from otelbridge.decode import Decoder
 from otelbridge.durable import StateRow, StateStore
 from otelbridge.emit import semconv
-from otelbridge.emit.spans import build_startup_spans
+from otelbridge.emit.spans import build_pod_span, build_startup_spans
 from otelbridge.enrich.lookups import LookupPool
 from otelbridge.enrich.stage import Enricher
 from otelbridge.errors import NotFound
@@ -56,6 +56,7 @@ from otelbridge.model import (
     ReconcileSnapshot,
     StartupRecord,
 )
+from otelbridge.pods import PodDirectory, PodStartup, PodTracker
 from otelbridge.stats import Counters
 
 _log = logging.getLogger(__name__)
@@ -130,6 +131,13 @@ class Pipeline:
         self._tickets: dict[int, int] = {}  # id(record) -> ticket, while the record lives
         self._pending: list[_Pending] = []
         self._metadata_timeout_ns = int(config.enrich.metadata_timeout_s * _NS)
+        self.pod_directory = PodDirectory()
+        self.pods = PodTracker(
+            self._clock,
+            settle_s=config.correlate.pod_settle_s,
+            timeout_s=config.correlate.startup_timeout_s,
+            idle_s=config.correlate.idle_timeout_s,
+        )
         self.decoder = Decoder(counters)
         self.correlator = Correlator(config.correlate, self._clock, counters, on_new=self._on_new)
         self._received = counters.cell(semconv.EVENTS_RECEIVED)  # event thread only
@@ -174,8 +182,27 @@ class Pipeline:
             _tlog.warning("lookup", "%s: container record lookup failed: %s", record.key, exc)
 
     def _read_record(self, key: ContainerKey) -> ContainerInfo:
+        """Reads and admits a container record (lookup threads, or replay's thread).
+        An app container of a pod gets its pod from the directory, or by reading its
+        sandbox's record."""
         assert self._lookup is not None
-        return self.enricher.admit(self._lookup(key.namespace, key.id))
+        info = self._lookup(key.namespace, key.id)
+        cri = info.cri
+        pod = None
+        if cri is not None and cri.kind == "container" and cri.sandbox_id:
+            sandbox = ContainerKey(key.namespace, cri.sandbox_id)
+            pod = self.pod_directory.get(sandbox)
+            if pod is None:
+                try:
+                    pod = self.enricher.admit(self._lookup(sandbox.namespace, sandbox.id)).pod
+                except Exception as exc:  # gone, or worse: the container goes on podless
+                    _tlog.info("sandbox", "%s: its sandbox's record is unreadable: %s", key, exc)
+                if pod is not None:
+                    self.pod_directory.put(pod)
+        admitted = self.enricher.admit(info, pod)
+        if cri is not None and cri.kind == "sandbox" and admitted.pod is not None:
+            self.pod_directory.put(admitted.pod)
+        return admitted
 
     def feed(self, item: SourceItem) -> None:
         """Runs one item through every stage. Called from one thread only; never raises:
@@ -213,10 +240,26 @@ class Pipeline:
             return
         assert isinstance(item, ReconcileSnapshot)
         self.connected.set()
-        admit = self.enricher.admit
-        item = dataclasses.replace(item, containers=tuple(admit(c) for c in item.containers))
+        item = dataclasses.replace(item, containers=self._admit_listing(item.containers))
         for record in self.correlator.reconcile(item):
             self._complete(record)
+
+    def _admit_listing(self, containers: tuple[ContainerInfo, ...]) -> tuple[ContainerInfo, ...]:
+        """Admits a listing's records, sandboxes first so their pods are known to their
+        containers (no record is read: a listing holds them all)."""
+        admit = self.enricher.admit
+        sandboxes = [admit(c) for c in containers if c.cri is not None and c.cri.kind == "sandbox"]
+        for sandbox in sandboxes:
+            if sandbox.pod is not None:
+                self.pod_directory.put(sandbox.pod)
+        others = [
+            admit(c, self.pod_directory.get(ContainerKey(c.namespace, c.cri.sandbox_id)))
+            if c.cri is not None and c.cri.kind == "container"
+            else admit(c)
+            for c in containers
+            if c.cri is None or c.cri.kind != "sandbox"
+        ]
+        return (*sandboxes, *others)
 
     def tick(self) -> None:
         """Applies deadlines and emits startups whose container record has arrived."""
@@ -225,6 +268,8 @@ class Pipeline:
                 self._complete(record)
             if self._pending:
                 self._drain(self._clock.now_ns())
+            for pod in self.pods.expire():
+                self._emit_pod(pod)
         except Exception:
             self.counters.inc(semconv.PIPELINE_ERRORS)
             _tlog.log(logging.ERROR, "bug", "deadline check failed", exc_info=True)
@@ -276,6 +321,7 @@ class Pipeline:
             spans = build_startup_spans(record, self.enricher.enrich(record))
             self.counters.inc(semconv.SPANS_EMITTED, len(spans))
             self._sink.submit(spans)
+            self.pods.observe(record)
             if self._store is not None:
                 attempts = self._unemitted.get(record.key)
                 if attempts is not None and attempts.pop(record.attempt, None) is not None:
@@ -290,6 +336,35 @@ class Pipeline:
                 logging.ERROR, "bug", "%s: could not emit its startup", record.key, exc_info=True
             )
 
+    def _emit_pod(self, pod: PodStartup) -> None:
+        """Builds and hands on a pod's ``pod.startup``. Never raises."""
+        try:
+            context = pod.pod
+            attrs = self.enricher.pod_attributes(
+                context, outcome=pod.outcome, containers=pod.containers, partial=pod.partial
+            )
+            error = None
+            if pod.containers == 0:
+                error = "no app container was ready within the startup timeout"
+            elif pod.failed:
+                error = f"{pod.failed} of {pod.containers} containers did not become ready"
+            span = build_pod_span(
+                context,
+                self.config.enrich.policy_for(context.namespace),
+                start_ns=pod.start_ns,
+                end_ns=pod.end_ns or pod.start_ns,
+                attributes=attrs,
+                error=error,
+            )
+            self.counters.inc(semconv.SPANS_EMITTED)
+            self.counters.inc(semconv.PODS_COMPLETED)
+            self._sink.submit([span])
+        except Exception:  # a bug must cost one pod span, not the daemon
+            self.counters.inc(semconv.PIPELINE_ERRORS)
+            _tlog.log(
+                logging.ERROR, "bug", "%s: could not emit its pod", pod.pod.key, exc_info=True
+            )
+
     def finish(self) -> None:
         """The input has ended: completes every in-flight startup (``incomplete``) and
         emits everything, waiting for outstanding lookups at most ``metadata_timeout_s``."""
@@ -300,6 +375,8 @@ class Pipeline:
                 (item.ticket for item in self._pending), self.config.enrich.metadata_timeout_s
             )
             self._drain(self._clock.now_ns(), force=True)
+        for pod in self.pods.flush():
+            self._emit_pod(pod)
 
     # -- durability --------------------------------------------------------------------
     def restore(self) -> int | None:

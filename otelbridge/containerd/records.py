@@ -3,6 +3,18 @@
 The OCI runtime spec travels inside ``Container.spec`` as an ``Any`` whose value is the
 spec's JSON; only its annotations and the trace-context variables of ``process.env`` are
 kept (the environment may hold secrets).
+
+Containers of the CRI plugin (Kubernetes, namespace ``k8s.io``) also carry, verified on
+containerd 1.6 (docs/kubernetes.md):
+
+* OCI annotations ``io.kubernetes.cri.container-type`` (``sandbox``/``container``),
+  ``sandbox-id``, ``sandbox-name``, ``sandbox-namespace``, ``sandbox-uid`` and, for app
+  containers, ``container-name`` (the record's own ``sandbox`` field stays empty);
+* an extension whose value is Go ``encoding/json`` bytes (not protobuf):
+  ``io.cri-containerd.sandbox.metadata`` with the pod's annotations at
+  ``Metadata.Config.annotations``, and ``io.cri-containerd.container.metadata`` with the
+  container's attempt at ``Metadata.Config.metadata.attempt`` (absent when 0) and its own
+  CRI annotations at ``Metadata.Config.annotations``.
 """
 
 from __future__ import annotations
@@ -12,7 +24,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from otelbridge.enrich.tracecontext import ENV_TRACEPARENT, ENV_TRACESTATE
-from otelbridge.model import EMPTY_MAP, ContainerInfo, TaskInfo, TaskState
+from otelbridge.model import EMPTY_MAP, ContainerInfo, CriInfo, TaskInfo, TaskState
 
 #: the process environment variables kept by default (the OpenTelemetry carrier's)
 CARRIER_ENV = (ENV_TRACEPARENT, ENV_TRACESTATE)
@@ -63,6 +75,65 @@ def spec_fields(
     return annotations, env or EMPTY_MAP
 
 
+CRI_TYPE = "io.kubernetes.cri.container-type"
+CRI_SANDBOX_ID = "io.kubernetes.cri.sandbox-id"
+CRI_SANDBOX_NAME = "io.kubernetes.cri.sandbox-name"
+CRI_SANDBOX_NAMESPACE = "io.kubernetes.cri.sandbox-namespace"
+CRI_SANDBOX_UID = "io.kubernetes.cri.sandbox-uid"
+CRI_CONTAINER_NAME = "io.kubernetes.cri.container-name"
+EXT_SANDBOX = "io.cri-containerd.sandbox.metadata"
+EXT_CONTAINER = "io.cri-containerd.container.metadata"
+
+
+def _extension_config(c: Any, name: str) -> dict[str, Any]:
+    """``Metadata.Config`` of a CRI extension; empty when absent or unreadable."""
+    if name not in c.extensions:
+        return {}
+    try:
+        doc = json.loads(c.extensions[name].value)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return {}
+    meta = doc.get("Metadata") if isinstance(doc, dict) else None
+    config = meta.get("Config") if isinstance(meta, dict) else None
+    return config if isinstance(config, dict) else {}
+
+
+def _str_map(value: Any) -> Mapping[str, str]:
+    if not isinstance(value, dict):
+        return EMPTY_MAP
+    return {
+        k: v for k, v in value.items() if isinstance(k, str) and isinstance(v, str)
+    } or EMPTY_MAP
+
+
+def cri_info(c: Any, annotations: Mapping[str, str]) -> CriInfo | None:
+    """The CRI facts of a container record, or ``None`` for a container CRI did not make."""
+    kind = annotations.get(CRI_TYPE, "")
+    if kind not in ("sandbox", "container"):
+        return None
+    if kind == "sandbox":
+        config = _extension_config(c, EXT_SANDBOX)
+        pod_annotations = _str_map(config.get("annotations"))
+        own: Mapping[str, str] = EMPTY_MAP
+    else:
+        config = _extension_config(c, EXT_CONTAINER)
+        pod_annotations = EMPTY_MAP
+        own = _str_map(config.get("annotations"))
+    meta = config.get("metadata")
+    attempt = meta.get("attempt", 0) if isinstance(meta, dict) else 0
+    return CriInfo(
+        kind=kind,
+        sandbox_id=annotations.get(CRI_SANDBOX_ID, c.id if kind == "sandbox" else ""),
+        pod_name=annotations.get(CRI_SANDBOX_NAME, ""),
+        pod_namespace=annotations.get(CRI_SANDBOX_NAMESPACE, ""),
+        pod_uid=annotations.get(CRI_SANDBOX_UID, ""),
+        container_name=annotations.get(CRI_CONTAINER_NAME, ""),
+        attempt=attempt if isinstance(attempt, int) and not isinstance(attempt, bool) else 0,
+        annotations=own,
+        pod_annotations=pod_annotations,
+    )
+
+
 def container_info(
     namespace: str, c: Any, env_keys: tuple[str, ...] = CARRIER_ENV
 ) -> ContainerInfo:
@@ -82,6 +153,7 @@ def container_info(
         labels=dict(c.labels) if c.labels else EMPTY_MAP,
         annotations=annotations,
         env=env,
+        cri=cri_info(c, annotations),
     )
 
 

@@ -25,6 +25,11 @@ def startup_identity(key: ContainerKey, incarnation_ns: int, attempt: int) -> st
     return f"{key.namespace}\x00{key.id}\x00{incarnation_ns}\x00{attempt}"
 
 
+def pod_identity(key: ContainerKey, identity_ns: int) -> str:
+    """The string a pod's IDs derive from: its sandbox's key and creation time."""
+    return f"{key.namespace}\x00{key.id}\x00{identity_ns}\x00pod"
+
+
 def span_id(identity: str, role: str) -> bytes:
     """8 bytes, never all zero (an all-zero span id is invalid in W3C and OTLP)."""
     sid = _digest(identity + "\x00" + role, 8)

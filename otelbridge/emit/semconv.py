@@ -23,8 +23,10 @@ SPAN_SHIM_LAUNCH: Final = "shim.launch"
 SPAN_TASK_START: Final = "task.start"
 SPAN_READINESS_WAIT: Final = "readiness.wait"
 SPAN_ROLLOUT: Final = "rollout"
+SPAN_POD_STARTUP: Final = "pod.startup"
 
 SPAN_NAMES: Final = (
+    SPAN_POD_STARTUP,
     SPAN_CONTAINER_STARTUP,
     SPAN_CONTAINER_CREATE,
     SPAN_SHIM_LAUNCH,
@@ -51,6 +53,11 @@ CONTAINER_IMAGE_TAGS: Final = "container.image.tags"
 CONTAINER_RUNTIME_NAME: Final = "container.runtime.name"
 PROCESS_PID: Final = "process.pid"
 PROCESS_EXIT_CODE: Final = "process.exit.code"
+K8S_POD_NAME: Final = "k8s.pod.name"
+K8S_POD_UID: Final = "k8s.pod.uid"
+K8S_NAMESPACE_NAME: Final = "k8s.namespace.name"
+K8S_CONTAINER_NAME: Final = "k8s.container.name"
+K8S_CONTAINER_RESTART_COUNT: Final = "k8s.container.restart_count"
 
 # -- span attributes: containerd ----------------------------------------------------------------
 CONTAINERD_NAMESPACE: Final = "containerd.namespace"
@@ -69,6 +76,8 @@ OB_LINK_POLICY: Final = "otelbridge.link.policy"
 OB_MISSING_PHASES: Final = "otelbridge.phases.missing"
 OB_ATTRIBUTES_DROPPED: Final = "otelbridge.attributes.dropped"
 OB_ROLLOUT_NAME: Final = "otelbridge.rollout.name"
+OB_CONTAINER_KIND: Final = "otelbridge.container.kind"
+OB_POD_CONTAINERS: Final = "otelbridge.pod.containers"
 
 CONTAINER_RUNTIME_VALUE: Final = "containerd"
 
@@ -83,6 +92,11 @@ SPAN_ATTRIBUTES: Final = (
     CONTAINER_RUNTIME_NAME,
     PROCESS_PID,
     PROCESS_EXIT_CODE,
+    K8S_POD_NAME,
+    K8S_POD_UID,
+    K8S_NAMESPACE_NAME,
+    K8S_CONTAINER_NAME,
+    K8S_CONTAINER_RESTART_COUNT,
     CONTAINERD_NAMESPACE,
     CONTAINERD_RUNTIME_NAME,
     CONTAINERD_SNAPSHOTTER,
@@ -97,6 +111,8 @@ SPAN_ATTRIBUTES: Final = (
     OB_MISSING_PHASES,
     OB_ATTRIBUTES_DROPPED,
     OB_ROLLOUT_NAME,
+    OB_CONTAINER_KIND,
+    OB_POD_CONTAINERS,
 )
 RESOURCE_ATTRIBUTES: Final = (SERVICE_NAME, HOST_NAME, K8S_NODE_NAME)
 
@@ -188,6 +204,9 @@ SPANS_DROPPED = _counter(
 EXPORT_RETRIES = _counter(
     "otelbridge.export.retries", "export attempts retried after a temporary failure", "{attempt}"
 )
+PODS_COMPLETED = _counter(
+    "otelbridge.pods.completed", "pod.startup spans emitted (Kubernetes pods)", "{pod}"
+)
 PIPELINE_ERRORS = _counter(
     "otelbridge.pipeline.errors",
     "items whose processing raised (a bug): logged with its traceback and skipped",
@@ -220,6 +239,7 @@ COUNTERS: Final = (
     SPANS_EXPORTED,
     SPANS_DROPPED,
     EXPORT_RETRIES,
+    PODS_COMPLETED,
     PIPELINE_ERRORS,
     SOURCE_RECONNECTS,
 )

@@ -29,7 +29,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 from otelbridge.emit import ids, semconv
 from otelbridge.enrich.tracecontext import TraceContext
-from otelbridge.model import Outcome, StartupRecord
+from otelbridge.model import Outcome, PodContext, StartupRecord
 
 AttrValue = str | bool | int | float | Sequence[str]
 
@@ -68,6 +68,7 @@ class Enrichment:
     phase_attributes: list[tuple[str, AttrValue]] = field(default_factory=list)
     parent: TraceContext | None = None
     link: TraceContext | None = None
+    parent_is_remote: bool = True  # False when the parent is our own pod.startup
 
 
 def kv(key: str, value: AttrValue) -> KeyValue:
@@ -137,7 +138,9 @@ def build_startup_spans(rec: StartupRecord, enrichment: Enrichment) -> list[Span
         parent_span_id = parent.span_id
         trace_flags = parent.trace_flags
         trace_state = parent.trace_state
-        root_flags = trace_flags | _HAS_IS_REMOTE | _IS_REMOTE
+        root_flags = (
+            trace_flags | _HAS_IS_REMOTE | (_IS_REMOTE if enrichment.parent_is_remote else 0)
+        )
     else:
         trace_id = ids.trace_id(identity)
         parent_span_id = b""
@@ -218,6 +221,60 @@ def build_startup_spans(rec: StartupRecord, enrichment: Enrichment) -> list[Span
             )
         )
     return [root, *children]
+
+
+def pod_parent(pod: PodContext, policy: str) -> TraceContext:
+    """The ``pod.startup`` span of ``pod`` as the parent its containers' spans name.
+
+    Its trace is the provisioning trace the pod's annotations name when the link policy
+    is ``parent`` and the context is valid, else the pod's own (deterministic) trace.
+    """
+    identity = ids.pod_identity(pod.key, pod.identity_ns)
+    span = ids.span_id(identity, semconv.SPAN_POD_STARTUP)
+    ctx = pod.trace.context if policy == "parent" else None
+    if ctx is not None:
+        return TraceContext(ctx.trace_id, span, ctx.trace_flags, ctx.trace_state)
+    return TraceContext(ids.trace_id(identity), span, _SAMPLED)
+
+
+def build_pod_span(
+    pod: PodContext,
+    policy: str,
+    *,
+    start_ns: int,
+    end_ns: int,
+    attributes: Sequence[tuple[str, AttrValue]],
+    error: str | None = None,
+) -> Span:
+    """The ``pod.startup`` span: the sandbox's first event to the pod's last container
+    ready; a child of the provisioning span (policy ``parent``) or linked to it
+    (``link``)."""
+    me = pod_parent(pod, policy)
+    ctx = pod.trace.context if policy != "ignore" else None
+    remote_parent = ctx is not None and policy == "parent"
+    span = Span(
+        trace_id=me.trace_id,
+        span_id=me.span_id,
+        parent_span_id=ctx.span_id if remote_parent and ctx is not None else b"",
+        trace_state=me.trace_state,
+        flags=me.trace_flags | _HAS_IS_REMOTE | (_IS_REMOTE if remote_parent else 0),
+        name=semconv.SPAN_POD_STARTUP,
+        kind=_INTERNAL,
+        start_time_unix_nano=start_ns,
+        end_time_unix_nano=max(end_ns, start_ns),
+        attributes=[cached_kv(k, v) for k, v in attributes],
+        status=Status(code=_ERROR, message=error) if error else None,
+    )
+    if ctx is not None and policy == "link":
+        span.links.append(
+            Span.Link(
+                trace_id=ctx.trace_id,
+                span_id=ctx.span_id,
+                trace_state=ctx.trace_state,
+                flags=ctx.trace_flags | _HAS_IS_REMOTE | _IS_REMOTE,
+            )
+        )
+    return span
 
 
 def provisioning_span(

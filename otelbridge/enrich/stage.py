@@ -23,13 +23,14 @@ import fnmatch
 import logging
 import sys
 import threading
+from collections.abc import Mapping
 
 from otelbridge.config import EnrichConfig
 from otelbridge.emit import semconv
-from otelbridge.emit.spans import AttrValue, Enrichment
-from otelbridge.enrich.tracecontext import NOT_FOUND, Resolution, resolve
+from otelbridge.emit.spans import AttrValue, Enrichment, pod_parent
+from otelbridge.enrich.tracecontext import NOT_FOUND, Resolution, TraceContext, resolve
 from otelbridge.logutil import ThrottledLogger
-from otelbridge.model import EMPTY_MAP, ContainerInfo, Outcome, StartupRecord
+from otelbridge.model import EMPTY_MAP, ContainerInfo, Outcome, PodContext, StartupRecord
 from otelbridge.stats import Counters
 
 _log = ThrottledLogger(logging.getLogger(__name__))
@@ -70,7 +71,7 @@ class Enricher:
         self._shared: dict[tuple[str | None, ...], Resolution] = {}
         self._shared_lock = threading.Lock()
 
-    def admit(self, info: ContainerInfo) -> ContainerInfo:
+    def admit(self, info: ContainerInfo, pod: PodContext | None = None) -> ContainerInfo:
         """``info`` reduced to what the bridge uses, within the tenant limits.
 
         Labels, annotations and the environment are tenant-controlled and unbounded, and
@@ -81,14 +82,33 @@ class Enricher:
         Every drop or cut is counted and this container's number kept in
         ``info.dropped``. Thread-safe (runs on the lookup threads); admitting an admitted
         record changes nothing.
+
+        Kubernetes: a sandbox's record yields its pod (``info.pod``), whose trace context
+        is looked up in the pod's annotations first; an app container takes ``pod``, its
+        sandbox's, and with it the pod's trace context.
         """
+        pod = pod or info.pod
+        cri = info.cri
         trace = info.trace
         if trace is None:
-            trace = (
-                NOT_FOUND
-                if self._cfg.policy_for(info.namespace) == "ignore"
-                else self._resolve_shared(info)
+            if self._cfg.policy_for(info.namespace) == "ignore":
+                trace = NOT_FOUND
+            elif cri is not None and cri.kind == "container" and pod is not None:
+                trace = pod.trace
+            else:
+                trace = self._resolve_shared(info)
+        if cri is not None and cri.kind == "sandbox" and pod is None:
+            pod = PodContext(
+                namespace=sys.intern(info.namespace),
+                sandbox_id=info.id,
+                name=cri.pod_name,
+                k8s_namespace=sys.intern(cri.pod_namespace),
+                uid=cri.pod_uid,
+                identity_ns=info.created_at_ns,
+                trace=trace,
             )
+        if cri is not None and (cri.annotations or cri.pod_annotations):
+            cri = dataclasses.replace(cri, annotations=EMPTY_MAP, pod_annotations=EMPTY_MAP)
         globs = self._cfg.label_attributes
         labels: dict[str, str] = {}
         dropped = 0
@@ -118,6 +138,8 @@ class Enricher:
             annotations=EMPTY_MAP,
             env=EMPTY_MAP,
             trace=trace,
+            cri=cri,
+            pod=pod,
             dropped=info.dropped + dropped,
         )
 
@@ -139,9 +161,10 @@ class Enricher:
     def _resolve_shared(self, info: ContainerInfo) -> Resolution:
         """:meth:`_resolve`, sharing one parsed result among the containers of a rollout
         (they carry the same values). Bounded; safe from the lookup threads."""
+        pod_annotations = info.cri.pod_annotations if info.cri is not None else EMPTY_MAP
         key = tuple(
             carrier.get(k)
-            for carrier in (info.labels, info.annotations, info.env)
+            for carrier in (pod_annotations, info.labels, info.annotations, info.env)
             for pair in (*self._keys, *self._env_keys)
             for k in pair
         )
@@ -156,7 +179,13 @@ class Enricher:
         return found
 
     def _resolve(self, info: ContainerInfo) -> Resolution:
-        found = resolve((("label", info.labels), ("annotation", info.annotations)), self._keys)
+        # PRODUCT.md section 5: the pod's annotations first, then the container's labels
+        # and OCI annotations, then its environment
+        carriers: list[tuple[str, Mapping[str, str]]] = []
+        if info.cri is not None and info.cri.pod_annotations:
+            carriers.append(("pod_annotation", info.cri.pod_annotations))
+        carriers += [("label", info.labels), ("annotation", info.annotations)]
+        found = resolve(carriers, self._keys)
         if not found.found and self._env_keys:
             found = resolve((("env", info.env),), self._env_keys)
         return found
@@ -176,10 +205,13 @@ class Enricher:
     def enrich(self, rec: StartupRecord) -> Enrichment:
         key = rec.key
         info = rec.info
+        cri = info.cri if info is not None else None
+        pod = info.pod if info is not None else None
+        name = cri.container_name if cri is not None and cri.container_name else key.id
         image = (info.image if info is not None and info.image else rec.image) or ""
         attrs: list[tuple[str, AttrValue]] = [
             (semconv.CONTAINER_ID, key.id),
-            (semconv.CONTAINER_NAME, key.id),
+            (semconv.CONTAINER_NAME, name),
             (semconv.CONTAINER_RUNTIME_NAME, semconv.CONTAINER_RUNTIME_VALUE),
             (semconv.CONTAINERD_NAMESPACE, key.namespace),
             (semconv.OB_STARTUP_OUTCOME, rec.outcome.value if rec.outcome else "unknown"),
@@ -188,8 +220,8 @@ class Enricher:
             (semconv.OB_READINESS_SOURCE, rec.readiness_source),
         ]
         if image:
-            name, tags = split_image_reference(self._cut(image))
-            attrs.append((semconv.CONTAINER_IMAGE_NAME, name))
+            image_name, tags = split_image_reference(self._cut(image))
+            attrs.append((semconv.CONTAINER_IMAGE_NAME, image_name))
             if tags:
                 attrs.append((semconv.CONTAINER_IMAGE_TAGS, tags))
         runtime = (info.runtime if info is not None and info.runtime else rec.runtime) or ""
@@ -213,11 +245,41 @@ class Enricher:
             ],
         )
         policy = self._cfg.policy_for(key.namespace)
+        if pod is not None and cri is not None:
+            # a Kubernetes container: its parent is its pod's pod.startup, which carries
+            # the link to the provisioning trace (pod_attributes)
+            attrs += self._k8s_attributes(pod)
+            attrs.append((semconv.OB_CONTAINER_KIND, cri.kind))
+            if cri.kind == "container":
+                attrs.append((semconv.K8S_CONTAINER_NAME, cri.container_name))
+                attrs.append((semconv.K8S_CONTAINER_RESTART_COUNT, cri.attempt))
+            enrichment.parent = pod_parent(pod, policy)
+            enrichment.parent_is_remote = False
+            return enrichment
         if policy == "ignore":
             return enrichment
-        found = self.trace_context(info)
+        context = self._context_attributes(self.trace_context(info), policy, key, attrs)
+        if context is not None and policy == "link":
+            enrichment.link = context
+        elif context is not None:
+            enrichment.parent = context
+        return enrichment
+
+    @staticmethod
+    def _k8s_attributes(pod: PodContext) -> list[tuple[str, AttrValue]]:
+        return [
+            (semconv.K8S_POD_NAME, pod.name),
+            (semconv.K8S_POD_UID, pod.uid),
+            (semconv.K8S_NAMESPACE_NAME, pod.k8s_namespace),
+        ]
+
+    def _context_attributes(
+        self, found: Resolution, policy: str, subject: object, attrs: list[tuple[str, AttrValue]]
+    ) -> TraceContext | None:
+        """Adds to ``attrs`` where the provisioning context came from (and why it was
+        rejected, counted); returns the context when it is valid."""
         if not found.found:
-            return enrichment
+            return None
         attrs.append((semconv.OB_TRACE_CONTEXT_SOURCE, found.source))
         attrs.append((semconv.OB_LINK_POLICY, policy))
         if found.invalid_reason is not None:
@@ -226,16 +288,31 @@ class Enricher:
             _log.warning(
                 "traceparent",
                 "%s: invalid traceparent in %s (%s); the startup becomes its own trace",
-                key,
+                subject,
                 found.source,
                 found.invalid_reason,
             )
-            return enrichment
+            return None
         if found.tracestate_invalid_reason is not None:
             self._counters.inc(semconv.TRACESTATE_INVALID)
             attrs.append((semconv.OB_TRACESTATE_INVALID, found.tracestate_invalid_reason))
-        if policy == "link":
-            enrichment.link = found.context
-        else:
-            enrichment.parent = found.context
-        return enrichment
+        return found.context
+
+    def pod_attributes(
+        self, pod: PodContext, *, outcome: str, containers: int, partial: bool
+    ) -> list[tuple[str, AttrValue]]:
+        """The attributes of a ``pod.startup`` span (the pod's trace context counted
+        here, once per pod)."""
+        attrs: list[tuple[str, AttrValue]] = [
+            *self._k8s_attributes(pod),
+            (semconv.CONTAINERD_NAMESPACE, pod.namespace),
+            (semconv.OB_POD_CONTAINERS, containers),
+            (semconv.OB_STARTUP_OUTCOME, outcome),
+            (semconv.OB_PARTIAL, partial),
+        ]
+        policy = self._cfg.policy_for(pod.namespace)
+        if policy != "ignore":
+            self._context_attributes(
+                pod.trace, policy, f"pod {pod.k8s_namespace}/{pod.name}", attrs
+            )
+        return attrs

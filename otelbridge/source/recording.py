@@ -40,7 +40,7 @@ from otelbridge.decode import MESSAGE_FOR_TOPIC, TYPE_URL_FOR_TOPIC, decode
 from otelbridge.emit import semconv
 from otelbridge.errors import NotFound
 from otelbridge.logutil import ThrottledLogger
-from otelbridge.model import ContainerInfo, LifecycleEvent, RawEnvelope
+from otelbridge.model import ContainerInfo, CriInfo, LifecycleEvent, RawEnvelope
 from otelbridge.stats import Counters
 
 _log = ThrottledLogger(logging.getLogger(__name__))
@@ -81,9 +81,45 @@ def container_line(info: ContainerInfo) -> str:
                 "labels": dict(info.labels),
                 "annotations": dict(info.annotations),
                 "env": dict(info.env),
+                **({"cri": _cri_json(info.cri)} if info.cri is not None else {}),
             }
         },
         separators=(",", ":"),
+    )
+
+
+def _cri_json(cri: CriInfo) -> dict[str, Any]:
+    return {
+        "kind": cri.kind,
+        "sandbox_id": cri.sandbox_id,
+        "pod_name": cri.pod_name,
+        "pod_namespace": cri.pod_namespace,
+        "pod_uid": cri.pod_uid,
+        "container_name": cri.container_name,
+        "attempt": cri.attempt,
+        "annotations": dict(cri.annotations),
+        "pod_annotations": dict(cri.pod_annotations),
+    }
+
+
+def _cri(obj: Any) -> CriInfo | None:
+    if obj is None:
+        return None
+    if not isinstance(obj, dict) or obj.get("kind") not in ("sandbox", "container"):
+        raise ValueError("cri must be an object with kind sandbox or container")
+    attempt = obj.get("attempt", 0)
+    if not isinstance(attempt, int) or isinstance(attempt, bool):
+        raise ValueError("cri.attempt must be an integer")
+    return CriInfo(
+        kind=str(obj["kind"]),
+        sandbox_id=str(obj.get("sandbox_id", "")),
+        pod_name=str(obj.get("pod_name", "")),
+        pod_namespace=str(obj.get("pod_namespace", "")),
+        pod_uid=str(obj.get("pod_uid", "")),
+        container_name=str(obj.get("container_name", "")),
+        attempt=attempt,
+        annotations=_str_map(obj.get("annotations", {})),
+        pod_annotations=_str_map(obj.get("pod_annotations", {})),
     )
 
 
@@ -115,6 +151,7 @@ def _container(obj: Mapping[str, Any]) -> ContainerInfo:
         labels=_str_map(obj.get("labels", {})),
         annotations=_str_map(obj.get("annotations", {})),
         env=_str_map(obj.get("env", {})),
+        cri=_cri(obj.get("cri")),
     )
 
 

@@ -90,6 +90,7 @@ EXPECTED = Config(
         snapshot_ttl_s=30.0,
         max_pending_snapshots=500,
         reconcile_grace_s=0.0,
+        pod_settle_s=1.5,
     ),
     enrich=EnrichConfig(
         traceparent_keys=("acme.io/traceparent", "traceparent"),
