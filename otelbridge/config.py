@@ -206,6 +206,52 @@ class EnrichConfig:
         return problems
 
 
+READINESS_LABEL = "otelbridge.io/readiness"
+
+
+@dataclass(frozen=True)
+class ReadinessConfig:
+    """When a started container counts as ready (PRODUCT.md section 5)."""
+
+    kubernetes: bool = False
+    """Watch this node's pods in the Kubernetes API and take the moment the kubelet marks
+    a container ready (needs RBAC: get, list and watch pods; docs/kubernetes.md)."""
+
+    kubeconfig: str = ""
+    """Kubeconfig file for the ``kubernetes`` source; empty: the in-cluster config."""
+
+    probe: bool = True
+    """Probe the target a container names in its ``label`` (label, OCI annotation or
+    CRI container annotation): ``tcp://HOST:PORT`` or ``http://HOST:PORT/PATH``."""
+
+    label: str = READINESS_LABEL
+    """The label/annotation key holding a container's probe target."""
+
+    probe_interval_s: float = 0.05
+    """Time between two attempts of one probe (the error of the measured moment)."""
+
+    probe_timeout_s: float = 1.0
+    """How long one attempt may take."""
+
+    probe_deadline_s: float = 120.0
+    """A probe that has not succeeded this long after the task started gives up: the
+    startup ends ``not_ready`` (status ERROR)."""
+
+    max_concurrent_probes: int = 32
+    """Probe attempts in flight at once, so a burst of pods cannot flood the node."""
+
+    def validate(self) -> list[str]:
+        problems = []
+        for name in ("probe_interval_s", "probe_timeout_s", "probe_deadline_s"):
+            if getattr(self, name) <= 0:
+                problems.append(f"readiness.{name} must be > 0")
+        if self.max_concurrent_probes < 1:
+            problems.append("readiness.max_concurrent_probes must be >= 1")
+        if not self.label:
+            problems.append("readiness.label must not be empty")
+        return problems
+
+
 DEFAULT_STATE_DIR = "/var/lib/otelbridge"
 
 
@@ -252,6 +298,7 @@ class Config:
     source: SourceConfig = field(default_factory=SourceConfig)
     correlate: CorrelateConfig = field(default_factory=CorrelateConfig)
     enrich: EnrichConfig = field(default_factory=EnrichConfig)
+    readiness: ReadinessConfig = field(default_factory=ReadinessConfig)
     state: StateConfig = field(default_factory=StateConfig)
 
     def validate(self) -> list[str]:
@@ -269,6 +316,7 @@ class Config:
             self.source.validate()
             + self.correlate.validate()
             + self.enrich.validate()
+            + self.readiness.validate()
             + self.state.validate()
         )
 
@@ -377,6 +425,7 @@ __all__ = [
     "Config",
     "CorrelateConfig",
     "EnrichConfig",
+    "ReadinessConfig",
     "SourceConfig",
     "StateConfig",
     "config_from_mapping",

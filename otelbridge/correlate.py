@@ -7,7 +7,9 @@ and assembles, per container, the moments of its startup::
 
 A record is complete, and returned to the caller, when
 
-* the container is ready (readiness source ``started``: at ``/tasks/start``): ``ready``;
+* the container is ready (readiness source ``started``: at ``/tasks/start``; ``probe``
+  or ``kubernetes``: when :meth:`Correlator.ready` says so): ``ready``;
+* its readiness source gave up: ``not_ready``;
 * its task exits before it was ready: ``exited``;
 * the container is deleted before its task started: ``deleted``;
 * it is not ready within ``startup_timeout_s`` of being first seen: ``timeout``;
@@ -44,6 +46,7 @@ from otelbridge.model import (
     EventKind,
     LifecycleEvent,
     Outcome,
+    ReadySignal,
     ReconcileSnapshot,
     StartupRecord,
     TaskState,
@@ -81,7 +84,9 @@ class Correlator:
     """Assembles startup records. See the module docstring for the state machine.
 
     ``on_new`` is called with every new in-flight record that has no container record
-    yet, so the caller can start looking it up; it must not block.
+    yet, so the caller can start looking it up; it must not block. ``readiness`` is asked
+    at ``/tasks/start`` whether the container is ready now; if not, the startup waits for
+    :meth:`ready` (or its timeout). Neither may block.
     """
 
     def __init__(
@@ -90,11 +95,15 @@ class Correlator:
         clock: Clock,
         counters: Counters,
         on_new: Callable[[StartupRecord], None] | None = None,
+        readiness: Callable[[StartupRecord], bool] | None = None,
     ) -> None:
         self._cfg = config
         self._clock = clock
         self._counters = counters
         self._on_new = on_new
+        # asked at /tasks/start: True means ready now (source "started"); False means a
+        # readiness source was armed, or will be, and ready() will be called
+        self._readiness = readiness
         self._startup_timeout_ns = int(config.startup_timeout_s * _NS)
         self._idle_timeout_ns = int(config.idle_timeout_s * _NS)
         self._snapshot_ttl_ns = int(config.snapshot_ttl_s * _NS)
@@ -335,9 +344,29 @@ class Correlator:
             rec.partial = True
         rec.task_start_ns = event.timestamp_ns
         rec.pid = event.pid or rec.pid
+        if self._readiness is not None and not self._readiness(rec):
+            return _NONE  # a readiness source will say (ready())
         # readiness source "started": the container is ready when its task started
         rec.ready_ns = event.timestamp_ns
         return self._finish(flight, Outcome.READY, event.timestamp_ns)
+
+    def ready(self, signal: ReadySignal) -> Sequence[StartupRecord]:
+        """A readiness source's verdict; ignored unless the startup it names is still
+        waiting for it (same attempt, task started, not ready)."""
+        flight = self._live.get(signal.key)
+        if flight is None or flight.record.attempt != signal.attempt:
+            return _NONE
+        rec = flight.record
+        if rec.task_start_ns is None or rec.ready_ns is not None:
+            return _NONE
+        self._mark(signal.key)
+        rec.readiness_source = signal.source
+        at = max(signal.at_ns, rec.task_start_ns)
+        flight.last_event_ns = max(flight.last_event_ns, at)
+        if not signal.ok:
+            return self._finish(flight, Outcome.NOT_READY, at)
+        rec.ready_ns = at
+        return self._finish(flight, Outcome.READY, at)
 
     def _task_exit(self, key: ContainerKey, event: LifecycleEvent) -> Sequence[StartupRecord]:
         if event.exec_id and event.exec_id != event.subject:

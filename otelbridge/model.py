@@ -150,6 +150,9 @@ class ContainerInfo:
     trace: Resolution | None = None
     """The trace context the record carries, resolved when it was admitted (then the raw
     annotations and environment are no longer kept); ``None``: not admitted yet."""
+    readiness: str = ""
+    """The readiness target the container asks for (``otelbridge.io/readiness``:
+    ``tcp://HOST:PORT`` or ``http://HOST:PORT/PATH``), kept when it was admitted."""
     cri: CriInfo | None = None
     """Set for containers the CRI plugin created (Kubernetes pods)."""
     pod: PodContext | None = None
@@ -209,6 +212,19 @@ class Outcome(enum.Enum):
     TIMEOUT = "timeout"  # not ready within the startup timeout
     RECONCILED = "reconciled"  # found by listing; its events were missed
     INCOMPLETE = "incomplete"  # the input ended (replay) before the startup did
+    NOT_READY = "not_ready"  # its readiness source gave up (a probe past its deadline)
+
+
+class ReadySignal(NamedTuple):
+    """A readiness source's verdict on one startup: ready at ``at_ns`` (the bridge's
+    clock: containerd has no "ready" event), or, with ``ok`` false, given up on."""
+
+    key: ContainerKey
+    attempt: int
+    at_ns: int
+    source: str
+    ok: bool = True
+    reason: str = ""
 
 
 @dataclass(slots=True)

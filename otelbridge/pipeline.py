@@ -31,7 +31,7 @@ import dataclasses
 import logging
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -53,10 +53,12 @@ from otelbridge.model import (
     ContainerKey,
     Outcome,
     RawEnvelope,
+    ReadySignal,
     ReconcileSnapshot,
     StartupRecord,
 )
 from otelbridge.pods import PodDirectory, PodStartup, PodTracker
+from otelbridge.readiness import SOURCE_STARTED, ReadinessRequest, ReadinessSource
 from otelbridge.stats import Counters
 
 _log = logging.getLogger(__name__)
@@ -68,7 +70,7 @@ _LIVE_TICK_NS = _NS // 5  # live checks them every 200 ms
 # time (replay) and time out every startup in flight
 _MAX_FUTURE_NS = 24 * 3600 * _NS
 
-SourceItem = RawEnvelope | ReconcileSnapshot
+SourceItem = RawEnvelope | ReconcileSnapshot | ReadySignal
 MetadataLookup = Callable[[str, str], ContainerInfo]
 """``(namespace, container id) -> ContainerInfo``; raises NotFound or another error."""
 
@@ -107,6 +109,7 @@ class Pipeline:
         lookup_async: bool = True,
         on_record: Callable[[StartupRecord, list[Span]], None] | None = None,
         store: StateStore | None = None,
+        readiness_sources: Sequence[ReadinessSource] = (),
     ) -> None:
         """``sink`` receives the spans; with a ``store`` (which must then be the sink
         too), state and spans are committed together (see the module docstring)."""
@@ -120,7 +123,13 @@ class Pipeline:
         self._clock: Clock = clock
         self._event_clock = self._clock if isinstance(self._clock, EventTimeClock) else None
         self._wall = wall_clock if wall_clock is not None else SystemClock()
-        self.enricher = Enricher(config.enrich, counters)
+        self.enricher = Enricher(config.enrich, counters, readiness_label=config.readiness.label)
+        self._sources = list(readiness_sources)
+        # started containers whose readiness is not decided yet: their container record
+        # is still being read (record, since when)
+        self._undecided: list[tuple[StartupRecord, int]] = []
+        self._armed: dict[ContainerKey, ReadinessSource] = {}
+        self._probe_deadline_ns = int(config.readiness.probe_deadline_s * _NS)
         self._lookup = lookup
         self._on_record = on_record
         self._pool = (
@@ -139,7 +148,13 @@ class Pipeline:
             idle_s=config.correlate.idle_timeout_s,
         )
         self.decoder = Decoder(counters)
-        self.correlator = Correlator(config.correlate, self._clock, counters, on_new=self._on_new)
+        self.correlator = Correlator(
+            config.correlate,
+            self._clock,
+            counters,
+            on_new=self._on_new,
+            readiness=self._ready_now if self._sources else None,
+        )
         self._received = counters.cell(semconv.EVENTS_RECEIVED)  # event thread only
         self._next_replay_tick_ns = 0
         self._queue: queue.Queue[SourceItem] = queue.Queue(config.source.queue_size)
@@ -214,6 +229,11 @@ class Pipeline:
             _tlog.log(logging.ERROR, "bug", "could not process %r", item, exc_info=True)
 
     def _feed(self, item: SourceItem) -> None:
+        if type(item) is ReadySignal:
+            self._armed.pop(item.key, None)
+            for record in self.correlator.ready(item):
+                self._complete(record)
+            return
         if type(item) is RawEnvelope:
             self._received.value += 1
             event = self.decoder(item)
@@ -244,6 +264,70 @@ class Pipeline:
         for record in self.correlator.reconcile(item):
             self._complete(record)
 
+    # -- readiness ---------------------------------------------------------------------
+    def _ready_now(self, record: StartupRecord) -> bool:
+        """Asked by the correlator at /tasks/start: True when the container is ready now
+        (no source applies: ``started``); False when a source was armed, or the decision
+        waits for the container's record (:meth:`_decide_pending`)."""
+        known, info = self._record_now(record)
+        if not known:
+            self._undecided.append((record, self._clock.now_ns()))
+            return False
+        return not self._arm(record, info)
+
+    def _record_now(self, record: StartupRecord) -> tuple[bool, ContainerInfo | None]:
+        """(known, record): whether the container record's lookup is over, and what it
+        found; takes a finished lookup's result now instead of at completion."""
+        if record.info is not None:
+            return True, record.info
+        ticket = self._tickets.get(id(record))
+        if ticket is None or self._pool is None:
+            return True, None
+        done, info = self._pool.take(ticket)
+        if not done:
+            return False, None
+        del self._tickets[id(record)]
+        if info is not None:
+            record.info = info
+        return True, info
+
+    def _arm(self, record: StartupRecord, info: ContainerInfo | None) -> bool:
+        if info is None or record.task_start_ns is None:
+            return False
+        for source in self._sources:
+            if source.applies(info):
+                request = ReadinessRequest(
+                    record.key,
+                    record.attempt,
+                    info,
+                    record.task_start_ns,
+                    self._wall.now_ns() + self._probe_deadline_ns,
+                )
+                self._armed[record.key] = source
+                source.watch(request, self.offer)
+                return True
+        return False
+
+    def _decide_pending(self) -> None:
+        """Decides the readiness of started containers whose record has arrived (or
+        whose lookup took longer than ``metadata_timeout_s``: then ``started``)."""
+        now = self._clock.now_ns()
+        waiting = []
+        for record, since in self._undecided:
+            if record.done:
+                continue
+            known, info = self._record_now(record)
+            if not known and since + self._metadata_timeout_ns > now:
+                waiting.append((record, since))
+                continue
+            if self._arm(record, info):
+                continue
+            assert record.task_start_ns is not None
+            signal = ReadySignal(record.key, record.attempt, record.task_start_ns, SOURCE_STARTED)
+            for done in self.correlator.ready(signal):
+                self._complete(done)
+        self._undecided = waiting
+
     def _admit_listing(self, containers: tuple[ContainerInfo, ...]) -> tuple[ContainerInfo, ...]:
         """Admits a listing's records, sandboxes first so their pods are known to their
         containers (no record is read: a listing holds them all)."""
@@ -268,6 +352,8 @@ class Pipeline:
                 self._complete(record)
             if self._pending:
                 self._drain(self._clock.now_ns())
+            if self._undecided:
+                self._decide_pending()
             for pod in self.pods.expire():
                 self._emit_pod(pod)
         except Exception:
@@ -275,6 +361,9 @@ class Pipeline:
             _tlog.log(logging.ERROR, "bug", "deadline check failed", exc_info=True)
 
     def _complete(self, record: StartupRecord) -> None:
+        source = self._armed.pop(record.key, None)
+        if source is not None:  # ended otherwise (exited, deleted, timed out)
+            source.cancel(record.key)
         if self._store is not None:
             self._unemitted.setdefault(record.key, {})[record.attempt] = record
         ticket = self._tickets.pop(id(record), None)
@@ -390,6 +479,10 @@ class Pipeline:
             if r.outcome not in (Outcome.DELETED, Outcome.INCOMPLETE)
         ]
         self.correlator.restore(cp.in_flight, [*cp.done, *completed_tombstones], cp.prepares)
+        now = self._clock.now_ns()
+        for record, _ in cp.in_flight:
+            if self._sources and record.task_start_ns is not None and record.ready_ns is None:
+                self._undecided.append((record, now))  # waiting for readiness: re-armed
         for record in cp.unemitted:  # completed before the crash, spans never committed
             self._on_new(record)
             self._complete(record)
@@ -428,8 +521,9 @@ class Pipeline:
 
     # -- live --------------------------------------------------------------------------
     def offer(self, item: SourceItem) -> None:
-        """Called by the source thread. Envelopes are dropped (and counted) when the
-        queue is full; reconcile snapshots wait for room, they must not be lost."""
+        """Called by the source thread (and readiness sources). Envelopes are dropped
+        (and counted) when the queue is full; reconcile snapshots and readiness verdicts
+        wait for room, they must not be lost."""
         if isinstance(item, RawEnvelope):
             try:
                 self._queue.put_nowait(item)
@@ -445,7 +539,9 @@ class Pipeline:
                 continue
 
     def start(self, source: Source) -> None:
-        """Starts the source and event threads."""
+        """Starts the readiness sources, the source and event threads."""
+        for readiness in self._sources:
+            readiness.start()
         self._event_thread = threading.Thread(
             target=self._run_events, name="otelbridge-events", daemon=True
         )
@@ -473,6 +569,8 @@ class Pipeline:
                 item = None
             if item is not None:
                 self.feed(item)
+            if self._undecided:
+                self._decide_pending()  # every turn: a probe must start promptly
             now = self._clock.now_ns()
             if now >= next_tick or (item is None and self._pending):
                 self.tick()
@@ -490,6 +588,8 @@ class Pipeline:
             return
         self._closed = True
         self._stop.set()
+        for readiness in self._sources:
+            readiness.shutdown()  # no verdict after this: waiting startups are kept/ended
         # the source first: after it, nothing more is queued
         for thread in (self._source_thread, self._event_thread):
             if thread is not None:

@@ -51,6 +51,7 @@ _OUTCOME_ERRORS = {
     Outcome.EXITED: "the task exited before the container was ready",
     Outcome.DELETED: "the container was deleted before its task started",
     Outcome.TIMEOUT: "the container was not ready within the startup timeout",
+    Outcome.NOT_READY: "the readiness source gave up before the container was ready",
 }
 
 

@@ -25,7 +25,7 @@ import sys
 import threading
 from collections.abc import Mapping
 
-from otelbridge.config import EnrichConfig
+from otelbridge.config import READINESS_LABEL, EnrichConfig
 from otelbridge.emit import semconv
 from otelbridge.emit.spans import AttrValue, Enrichment, pod_parent
 from otelbridge.enrich.tracecontext import NOT_FOUND, Resolution, TraceContext, resolve
@@ -36,6 +36,7 @@ from otelbridge.stats import Counters
 _log = ThrottledLogger(logging.getLogger(__name__))
 _MAX_LABEL_KEY = 128
 _SHARED_LIMIT = 1024  # distinct trace contexts remembered (rollouts in flight)
+_MAX_TARGET = 512  # a readiness target longer than this is not one
 
 
 def split_image_reference(ref: str) -> tuple[str, list[str]]:
@@ -60,8 +61,11 @@ class Enricher:
     """The enrich stage. :meth:`enrich` is called on the pipeline's event thread with
     records whose container record went through :meth:`admit`; it never raises."""
 
-    def __init__(self, config: EnrichConfig, counters: Counters) -> None:
+    def __init__(
+        self, config: EnrichConfig, counters: Counters, *, readiness_label: str = READINESS_LABEL
+    ) -> None:
         self._cfg = config
+        self._readiness_label = readiness_label
         self._counters = counters
         self._keys = tuple(
             (key, key.replace("traceparent", "tracestate")) for key in config.traceparent_keys
@@ -107,6 +111,18 @@ class Enricher:
                 identity_ns=info.created_at_ns,
                 trace=trace,
             )
+        readiness = info.readiness or next(
+            (
+                carrier[self._readiness_label]
+                for carrier in (
+                    info.labels,
+                    info.annotations,
+                    cri.annotations if cri is not None else EMPTY_MAP,
+                )
+                if self._readiness_label in carrier
+            ),
+            "",
+        )
         if cri is not None and (cri.annotations or cri.pod_annotations):
             cri = dataclasses.replace(cri, annotations=EMPTY_MAP, pod_annotations=EMPTY_MAP)
         globs = self._cfg.label_attributes
@@ -138,6 +154,7 @@ class Enricher:
             annotations=EMPTY_MAP,
             env=EMPTY_MAP,
             trace=trace,
+            readiness=readiness[:_MAX_TARGET],
             cri=cri,
             pod=pod,
             dropped=info.dropped + dropped,

@@ -15,6 +15,7 @@ from otelbridge.config import (
     Config,
     CorrelateConfig,
     EnrichConfig,
+    ReadinessConfig,
     SourceConfig,
     StateConfig,
     config_from_mapping,
@@ -27,6 +28,7 @@ SECTIONS: dict[str, Any] = {
     "source": SourceConfig(),
     "correlate": CorrelateConfig(),
     "enrich": EnrichConfig(),
+    "readiness": ReadinessConfig(),
     "state": StateConfig(),
 }
 
@@ -103,6 +105,16 @@ EXPECTED = Config(
         metadata_timeout_s=0.5,
         lookup_workers=2,
         node_name="node-a",
+    ),
+    readiness=ReadinessConfig(
+        kubernetes=True,
+        kubeconfig="/etc/otelbridge/kubeconfig",
+        probe=False,
+        label="acme.io/ready",
+        probe_interval_s=0.1,
+        probe_timeout_s=2.0,
+        probe_deadline_s=30.0,
+        max_concurrent_probes=8,
     ),
     state=StateConfig(
         dir="/srv/otelbridge-state",
