@@ -208,9 +208,11 @@ class Pipeline:
             sandbox = ContainerKey(key.namespace, cri.sandbox_id)
             pod = self.pod_directory.get(sandbox)
             if pod is None:
+                self.counters.inc(semconv.METADATA_LOOKUPS)
                 try:
                     pod = self.enricher.admit(self._lookup(sandbox.namespace, sandbox.id)).pod
                 except Exception as exc:  # gone, or worse: the container goes on podless
+                    self.counters.inc(semconv.METADATA_FAILED)
                     _tlog.info("sandbox", "%s: its sandbox's record is unreadable: %s", key, exc)
                 if pod is not None:
                     self.pod_directory.put(pod)
@@ -432,11 +434,7 @@ class Pipeline:
             attrs = self.enricher.pod_attributes(
                 context, outcome=pod.outcome, containers=pod.containers, partial=pod.partial
             )
-            error = None
-            if pod.containers == 0:
-                error = "no app container was ready within the startup timeout"
-            elif pod.failed:
-                error = f"{pod.failed} of {pod.containers} containers did not become ready"
+            error = pod.error
             span = build_pod_span(
                 context,
                 self.config.enrich.policy_for(context.namespace),

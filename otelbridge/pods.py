@@ -12,7 +12,13 @@ decides when the pod's startup is over:
   ``correlate.pod_settle_s`` (the kubelet starts a pod's containers one after the other,
   tens of milliseconds apart); a pod whose sandbox ends first, or that has no app
   container within ``correlate.startup_timeout_s``, ends then;
-* a startup that ended other than ``ready`` makes the pod's outcome ``failed`` (ERROR).
+* a container (the sandbox included) that exited, was deleted, timed out or was not
+  ready makes the pod's outcome ``failed`` (ERROR); a failed sandbox ends the pod at
+  once. Startups found by listing (``reconciled``) or cut short (``incomplete``) are not
+  failures: they are what a bridge restart leaves;
+* ``pod.startup`` always encloses its sandbox's startup; a pod reported once is not
+  reported again (a later restarted container joins the pod's trace without a second
+  ``pod.startup``).
 
 Init containers that run long separate app containers by more than the settle time:
 the pod is then reported ready early (the kubernetes readiness source, which knows the
@@ -27,11 +33,15 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Final
 
 from otelbridge.clock import Clock
 from otelbridge.model import ContainerKey, Outcome, PodContext, StartupRecord
 
 _NS = 1_000_000_000
+# outcomes that make a pod fail (reconciled/incomplete are what a restart leaves)
+_FAILED: Final = frozenset({Outcome.EXITED, Outcome.DELETED, Outcome.TIMEOUT, Outcome.NOT_READY})
+_REPORTED_LIMIT = 4096
 
 
 class PodDirectory:
@@ -63,15 +73,30 @@ class PodStartup:
     partial: bool
     end_ns: int = 0  # the newest end of an app container's startup
     containers: int = 0  # app containers done
-    failed: int = 0  # of them, not ready
+    failed: int = 0  # of them, failed (see _FAILED)
     deadline_ns: int = 0  # clock time at which it is over unless another container comes
     emitted: bool = False
+    sandbox_failed: bool = False
+    cut_short: bool = False  # the input ended (flush) before the pod's startup did
 
     @property
     def outcome(self) -> str:
+        if self.sandbox_failed or self.failed:
+            return "failed"
         if self.containers == 0:
-            return Outcome.TIMEOUT.value
-        return "failed" if self.failed else Outcome.READY.value
+            return Outcome.INCOMPLETE.value if self.cut_short else Outcome.TIMEOUT.value
+        return Outcome.READY.value
+
+    @property
+    def error(self) -> str | None:
+        """The status message of a pod that did not start, else None."""
+        if self.sandbox_failed:
+            return "the pod's sandbox did not start"
+        if self.failed:
+            return f"{self.failed} of {self.containers} containers did not become ready"
+        if self.containers == 0 and not self.cut_short:
+            return "no app container was ready within the startup timeout"
+        return None
 
 
 class PodTracker:
@@ -88,6 +113,13 @@ class PodTracker:
         self._timeout_ns = int(timeout_s * _NS)
         self._idle_ns = int(idle_s * _NS)
         self._pods: dict[ContainerKey, PodStartup] = {}
+        # pods reported and forgotten: (sandbox, identity), so none is reported twice
+        self._reported: OrderedDict[tuple[ContainerKey, int], None] = OrderedDict()
+
+    @property
+    def tracked(self) -> int:
+        """Pods held (in progress, or reported and not yet forgotten)."""
+        return len(self._pods)
 
     def observe(self, record: StartupRecord) -> None:
         info = record.info
@@ -95,15 +127,24 @@ class PodTracker:
             return
         now = self._clock.now_ns()
         pod = info.pod
+        if (pod.key, pod.identity_ns) in self._reported:
+            return  # a later container (a restart) of a pod reported long ago
         state = self._pods.get(pod.key)
+        start_ns = record.start_ns
+        if record.partial and pod.identity_ns:
+            start_ns = min(start_ns, pod.identity_ns)  # seen in part: from its creation
         if info.cri.kind == "sandbox":
             if state is None:
-                self._pods[pod.key] = PodStartup(
-                    pod, record.start_ns, record.partial, deadline_ns=now + self._timeout_ns
+                state = self._pods[pod.key] = PodStartup(
+                    pod, start_ns, record.partial, deadline_ns=now + self._timeout_ns
                 )
             elif not state.emitted:
-                state.start_ns, state.partial = record.start_ns, record.partial
-            if record.outcome is not Outcome.READY and state is not None and not state.emitted:
+                state.start_ns, state.partial = start_ns, record.partial
+            if state.emitted:
+                return
+            state.end_ns = max(state.end_ns, record.end_ns or start_ns)  # enclose the sandbox
+            if record.outcome in _FAILED:
+                state.sandbox_failed = True
                 state.deadline_ns = now  # the sandbox failed: the pod is over
             return
         if state is None:
@@ -113,7 +154,7 @@ class PodTracker:
             return  # a later container (a restart): the pod's startup was reported
         state.containers += 1
         state.end_ns = max(state.end_ns, record.end_ns or record.start_ns)
-        if record.outcome is not Outcome.READY:
+        if record.outcome in _FAILED:
             state.failed += 1
         state.deadline_ns = now + self._settle_ns
 
@@ -125,9 +166,15 @@ class PodTracker:
             if state.emitted:
                 if state.deadline_ns + self._idle_ns <= now:
                     del self._pods[key]
+                    self._reported[(key, state.pod.identity_ns)] = None
+                    if len(self._reported) > _REPORTED_LIMIT:
+                        self._reported.popitem(last=False)
                 continue
             if state.deadline_ns <= now:
                 state.emitted = True
+                if state.containers == 0 and not state.sandbox_failed:
+                    # timed out: the pod lasted at least until the bridge gave up on it
+                    state.end_ns = max(state.end_ns, state.start_ns + self._timeout_ns)
                 done.append(state)
         return done
 
@@ -136,4 +183,5 @@ class PodTracker:
         done = [s for s in self._pods.values() if not s.emitted]
         for state in done:
             state.emitted = True
+            state.cut_short = True
         return done

@@ -128,7 +128,9 @@ def cri_info(c: Any, annotations: Mapping[str, str]) -> CriInfo | None:
         pod_namespace=annotations.get(CRI_SANDBOX_NAMESPACE, ""),
         pod_uid=annotations.get(CRI_SANDBOX_UID, ""),
         container_name=annotations.get(CRI_CONTAINER_NAME, ""),
-        attempt=attempt if isinstance(attempt, int) and not isinstance(attempt, bool) else 0,
+        attempt=max(0, attempt)
+        if isinstance(attempt, int) and not isinstance(attempt, bool)
+        else 0,
         annotations=own,
         pod_annotations=pod_annotations,
     )

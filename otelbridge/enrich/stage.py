@@ -273,6 +273,17 @@ class Enricher:
             enrichment.parent = pod_parent(pod, policy)
             enrichment.parent_is_remote = False
             return enrichment
+        if cri is not None:
+            # its sandbox's record could not be read: what its own record says
+            attrs += [
+                (semconv.K8S_POD_NAME, cri.pod_name),
+                (semconv.K8S_POD_UID, cri.pod_uid),
+                (semconv.K8S_NAMESPACE_NAME, cri.pod_namespace),
+                (semconv.OB_CONTAINER_KIND, cri.kind),
+            ]
+            if cri.kind == "container":
+                attrs.append((semconv.K8S_CONTAINER_NAME, cri.container_name))
+                attrs.append((semconv.K8S_CONTAINER_RESTART_COUNT, cri.attempt))
         if policy == "ignore":
             return enrichment
         context = self._context_attributes(self.trace_context(info), policy, key, attrs)

@@ -305,6 +305,7 @@ class Recorder:
         self._max = max_events
         self._on_limit = on_limit
         self.events = 0
+        self._written: set[tuple[str, str]] = set()  # container records in the file
 
     def header(self, **extra: Any) -> None:
         self._out.write(header_line(**extra) + "\n")
@@ -319,20 +320,38 @@ class Recorder:
         if item.topic == "/containers/create" and self._lookup is not None:
             event_id = _container_id(item)
             if event_id:
-                try:
-                    info = self._lookup(item.namespace, event_id)
-                except Exception as exc:  # NotFound for short-lived containers, or worse
-                    self._counters.inc(semconv.METADATA_FAILED)
-                    _log.info(
-                        "record-lookup", "%s/%s: no record (%s)", item.namespace, event_id, exc
-                    )
-                else:
-                    self._out.write(container_line(info) + "\n")
+                info = self._read(item.namespace, event_id)
+                if info is not None:
+                    cri = info.cri
+                    # a recording begun after the sandbox must still know the pod
+                    if (
+                        cri is not None
+                        and cri.kind == "container"
+                        and cri.sandbox_id
+                        and (item.namespace, cri.sandbox_id) not in self._written
+                    ):
+                        sandbox = self._read(item.namespace, cri.sandbox_id)
+                        if sandbox is not None:
+                            self._write(sandbox)
+                    self._write(info)
         self._out.write(envelope_line(item) + "\n")
         self._out.flush()
         self.events += 1
         if self._max and self.events >= self._max and self._on_limit is not None:
             self._on_limit()
+
+    def _read(self, namespace: str, container_id: str) -> ContainerInfo | None:
+        try:
+            info: ContainerInfo = self._lookup(namespace, container_id)
+        except Exception as exc:  # NotFound for short-lived containers, or worse
+            self._counters.inc(semconv.METADATA_FAILED)
+            _log.info("record-lookup", "%s/%s: no record (%s)", namespace, container_id, exc)
+            return None
+        return info
+
+    def _write(self, info: ContainerInfo) -> None:
+        self._out.write(container_line(info) + "\n")
+        self._written.add((info.namespace, info.id))
 
 
 def _container_id(env: RawEnvelope) -> str:
