@@ -27,6 +27,8 @@ from otelbridge.export.batch import BatchConfig, BatchProcessor
 from otelbridge.export.factory import build_exporters, build_resource
 from otelbridge.model import StartupRecord
 from otelbridge.pipeline import MetadataLookup, Pipeline
+from otelbridge.readiness import ReadinessSource
+from otelbridge.readiness.probe import ProbeSource
 from otelbridge.source.live import LiveSource
 from otelbridge.stats import Counters
 
@@ -126,6 +128,21 @@ class Bridge:
         self.client.close()
 
 
+def readiness_sources(config: Config, counters: Counters) -> list[ReadinessSource]:
+    """The readiness sources ``[readiness]`` enables, in the order they are asked:
+    kubernetes (the kubelet knows best), then probe."""
+    sources: list[ReadinessSource] = []
+    if config.readiness.kubernetes:
+        # imported only when enabled: the Kubernetes client is a heavy library
+        from otelbridge.readiness.kubernetes import KubernetesSource  # noqa: PLC0415
+
+        node = config.enrich.node_name or os.environ.get("NODE_NAME", "")
+        sources.append(KubernetesSource(config.readiness, counters, node_name=node))
+    if config.readiness.probe:
+        sources.append(ProbeSource(config.readiness, counters))
+    return sources
+
+
 def build_live_bridge(
     config: Config,
     *,
@@ -143,6 +160,7 @@ def build_live_bridge(
     client = containerd_client(config)
     lookup: MetadataLookup = client.get_container
     source = LiveSource(client, config.source, counters, clock)
+    readiness = readiness_sources(config, counters)
     if not config.state.dir:
         batch = build_batch(
             config,
@@ -153,7 +171,13 @@ def build_live_bridge(
             extra_exporters=extra_exporters,
         )
         pipeline = Pipeline(
-            config, batch, counters, clock=clock, lookup=lookup, on_record=on_record
+            config,
+            batch,
+            counters,
+            clock=clock,
+            lookup=lookup,
+            on_record=on_record,
+            readiness_sources=readiness,
         )
         return Bridge(client, source, pipeline, batch, counters)
     exporters, resource, env = _exporters_and_resource(
@@ -176,7 +200,14 @@ def build_live_bridge(
         max_backoff_s=config.state.export_max_backoff_s,
     )
     pipeline = Pipeline(
-        config, store, counters, clock=clock, lookup=lookup, on_record=on_record, store=store
+        config,
+        store,
+        counters,
+        clock=clock,
+        lookup=lookup,
+        on_record=on_record,
+        store=store,
+        readiness_sources=readiness,
     )
     pipeline.on_commit = spool.notify
     source.resume_from(pipeline.restore())

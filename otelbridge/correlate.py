@@ -364,6 +364,7 @@ class Correlator:
         at = max(signal.at_ns, rec.task_start_ns)
         flight.last_event_ns = max(flight.last_event_ns, at)
         if not signal.ok:
+            rec.failure = signal.reason
             return self._finish(flight, Outcome.NOT_READY, at)
         rec.ready_ns = at
         return self._finish(flight, Outcome.READY, at)

@@ -254,6 +254,7 @@ class StartupRecord:
     runtime: str = ""
     snapshotter: str = ""
     readiness_source: str = "started"
+    failure: str = ""  # why the readiness source gave up (outcome not_ready)
     oom_ns: list[int] = field(default_factory=list)
     info: ContainerInfo | None = None
 

@@ -215,6 +215,36 @@ PIPELINE_ERRORS = _counter(
 SOURCE_RECONNECTS = _counter(
     "otelbridge.source.reconnects", "re-subscriptions after the event stream ended", "{connect}"
 )
+KUBERNETES_WATCH_RESTARTS = _counter(
+    "otelbridge.kubernetes.watch_restarts",
+    "pod list/watch cycles restarted after a failure, a dropped stream or 410 Gone",
+    "{restart}",
+)
+KUBERNETES_RELISTS = _counter(
+    "otelbridge.kubernetes.relists",
+    "pod listings after the first: the watch's resourceVersion expired (410 Gone)",
+    "{list}",
+)
+KUBERNETES_READY_LATE = _counter(
+    "otelbridge.kubernetes.ready_late",
+    "containers found ready by a relisting (the watch was down): timed at the relisting",
+    "{container}",
+)
+KUBERNETES_API_ERRORS = _counter(
+    "otelbridge.kubernetes.api_errors",
+    "pod list/watch requests that failed (connection, HTTP error such as 403); retried",
+    "{error}",
+)
+READINESS_PROBES = _counter(
+    "otelbridge.readiness.probes",
+    "readiness probe attempts made (tcp connects and http GETs), successful or not",
+    "{attempt}",
+)
+READINESS_INVALID_TARGET = _counter(
+    "otelbridge.readiness.invalid_target",
+    "readiness targets ignored as malformed (not tcp://HOST:PORT or http://HOST:PORT/PATH)",
+    "{target}",
+)
 
 COUNTERS: Final = (
     EVENTS_RECEIVED,
@@ -242,4 +272,10 @@ COUNTERS: Final = (
     PODS_COMPLETED,
     PIPELINE_ERRORS,
     SOURCE_RECONNECTS,
+    KUBERNETES_WATCH_RESTARTS,
+    KUBERNETES_RELISTS,
+    KUBERNETES_READY_LATE,
+    KUBERNETES_API_ERRORS,
+    READINESS_PROBES,
+    READINESS_INVALID_TARGET,
 )

@@ -196,6 +196,8 @@ def build_startup_spans(rec: StartupRecord, enrichment: Enrichment) -> list[Span
     message = _OUTCOME_ERRORS.get(rec.outcome) if rec.outcome is not None else None
     if rec.outcome is Outcome.EXITED and rec.exit_status is not None:
         message = f"{message} (exit status {rec.exit_status})"
+    elif rec.outcome is Outcome.NOT_READY and rec.failure:
+        message = f"{message}: {rec.failure}"
     root = Span(
         trace_id=trace_id,
         span_id=root_id,
