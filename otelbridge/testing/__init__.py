@@ -4,5 +4,7 @@
   sockets) and ``ctr`` wrappers;
 * :mod:`otelbridge.testing.image`: a tiny busybox OCI image built offline;
 * :mod:`otelbridge.testing.otlp`: a real OTLP receiver (gRPC and HTTP) on loopback;
+* :mod:`otelbridge.testing.kubeapi`: a stand-in Kubernetes API server (pods list/watch)
+  for testing the kubernetes readiness source where no API server can run;
 * :mod:`otelbridge.testing.events`: builders of containerd envelopes for unit tests.
 """

@@ -1,0 +1,770 @@
+"""The ``kubernetes`` readiness source: the moment the kubelet marks a container ready.
+
+The kubelet decides when a container is ready (its readiness probe passed, or at once
+when it has none) and writes it to the pod's status
+(``status.containerStatuses[].ready``). :class:`KubernetesSource` lists and then watches
+the pods of this node (``fieldSelector=spec.nodeName=<node>``, all namespaces) through
+the official ``kubernetes`` client library, keeps per pod uid and container name the
+last status seen, and reports a watched startup ready when its container's status is
+ready **and names this very container** (``containerID`` = ``containerd://<id of the
+startup>``): a status still describing an earlier attempt of a restarted container
+never counts.
+
+The moment
+    is the bridge's clock (``time.time_ns``, or the injected clock) when the watch event
+    that showed the container ready arrived. Kubernetes' own timestamps
+    (``lastTransitionTime``, ``startedAt``) have a precision of one second only, so they
+    are not used. The measured moment lags the kubelet's decision by the status update's
+    trip through the API server (usually tens of milliseconds), and the decision itself
+    comes at the readiness probe's ``periodSeconds`` granularity.
+
+Watch restarts
+    * a watch that ended cleanly (the server's ``timeoutSeconds``) or whose connection
+      broke resumes from the last resourceVersion seen: the server replays what was
+      missed, so no transition is lost; broken connections and errors are retried with
+      capped, jittered exponential backoff;
+    * ``410 Gone`` (the resourceVersion expired: an ``ERROR`` watch event with code 410,
+      or an HTTP 410) makes the source list the pods again and compare the listing with
+      its cache: a container that turned ready while the watch was down is taken as
+      ready at the listing's time, and counted (``otelbridge.kubernetes.ready_late``)
+      and logged as observed late. Listings are served from the API server's watch
+      cache (``resourceVersion=0``, then ``NotOlderThan`` the version reached), not
+      etcd: every node runs a bridge;
+    * 401/403 (no RBAC for pods): logged as such and retried; meanwhile the source does
+      not apply, so containers fall back to the next readiness source;
+    * the library's own watch helper (``kubernetes.watch.Watch``) is not used: on a 410
+      it silently re-watches once from the same expired resourceVersion, and without
+      deserialising every pod into a model it neither tracks the resourceVersion nor
+      survives an ``ERROR`` event. The stream is read here, line by line, from the
+      library's raw response.
+
+Threads: one watches the API (I/O only, never reports), one delivers verdicts and
+applies deadlines; :meth:`KubernetesSource.watch` and :meth:`KubernetesSource.cancel`
+only take a lock. Errors never end the watching thread: everything is logged, counted
+and retried.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import logging
+import os
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tenacity
+from kubernetes import client as k8s_client
+from kubernetes import config as k8s_config
+from kubernetes.client.exceptions import ApiException
+from kubernetes.config.incluster_config import (
+    SERVICE_CERT_FILENAME,
+    SERVICE_TOKEN_FILENAME,
+    InClusterConfigLoader,
+)
+
+from otelbridge.clock import Clock, SystemClock
+from otelbridge.config import ReadinessConfig
+from otelbridge.emit import semconv
+from otelbridge.errors import ConfigError
+from otelbridge.logutil import ThrottledLogger
+from otelbridge.model import ContainerInfo, ContainerKey, ReadySignal
+from otelbridge.readiness import SOURCE_KUBERNETES, ReadinessRequest, Report
+from otelbridge.stats import Counters
+
+__all__ = ["KubernetesSource"]
+
+_log = logging.getLogger(__name__)
+_tlog = ThrottledLogger(_log)
+
+_NS = 1_000_000_000
+_CONNECT_TIMEOUT_S = 5.0
+_LIST_READ_TIMEOUT_S = 60.0
+# a watch's read timeout: the server ends the stream after timeoutSeconds, so a longer
+# silence means a connection that died without a word (a vanished peer, a partition)
+_WATCH_READ_MARGIN_S = 30.0
+# how often the delivering thread looks at the clock while nothing is due (an injected
+# clock may be moved without telling anyone)
+_MAX_IDLE_WAIT_S = 0.25
+_JOIN_TIMEOUT_S = 5.0
+
+
+class _Gone(Exception):
+    """The watch's resourceVersion expired (410): list again."""
+
+
+class _WatchError(Exception):
+    """The watch stream reported an error other than 410."""
+
+
+@dataclass(slots=True)
+class _Container:
+    """The last status seen of one container of a pod."""
+
+    container_id: str  # containerd's id, without the "containerd://" scheme
+    restart_count: int
+    ready: bool
+    ready_since_ns: int | None  # when it was seen turning ready (this container id)
+
+
+@dataclass(slots=True)
+class _Pod:
+    namespace: str
+    name: str
+    containers: dict[str, _Container]
+
+
+@dataclass(slots=True, eq=False)
+class _Watched:
+    """One watched startup, from :meth:`KubernetesSource.watch` to its verdict's
+    delivery (or cancel)."""
+
+    request: ReadinessRequest
+    report: Report
+    pod_uid: str
+    container: str
+    verdict: ReadySignal | None = None  # decided, waiting to be delivered
+    cancelled: bool = False
+
+
+@dataclass(order=True)
+class _Deadline:
+    at_ns: int
+    seq: int
+    watched: _Watched = field(compare=False)
+
+
+def _pod_uid(info: ContainerInfo) -> str:
+    if info.pod is not None and info.pod.uid:
+        return info.pod.uid
+    return info.cri.pod_uid if info.cri is not None else ""
+
+
+def _container_id(status_id: str) -> str:
+    """``containerd://abc`` -> ``abc`` (any runtime scheme is taken off)."""
+    return status_id.partition("://")[2] or status_id
+
+
+def _statuses(pod: Mapping[str, Any]) -> dict[str, tuple[str, int, bool]]:
+    """Container name -> (container id, restart count, ready) from a pod object. Init
+    containers count too: a sidecar (a restartable init container) has a readiness of
+    its own, and a plain init container has ended before it would be ready."""
+    status = pod.get("status")
+    out: dict[str, tuple[str, int, bool]] = {}
+    if not isinstance(status, Mapping):
+        return out
+    for key in ("initContainerStatuses", "containerStatuses"):
+        statuses = status.get(key)
+        if not isinstance(statuses, list):
+            continue
+        for cs in statuses:
+            if not isinstance(cs, Mapping):
+                continue
+            name = cs.get("name")
+            if not isinstance(name, str) or not name:
+                continue
+            cid = cs.get("containerID")
+            restarts = cs.get("restartCount")
+            out[name] = (
+                _container_id(cid) if isinstance(cid, str) else "",
+                restarts if isinstance(restarts, int) else 0,
+                cs.get("ready") is True,
+            )
+    return out
+
+
+def _metadata(obj: Any) -> Mapping[str, Any]:
+    meta = obj.get("metadata") if isinstance(obj, Mapping) else None
+    return meta if isinstance(meta, Mapping) else {}
+
+
+def _lines(response: Any) -> Iterator[bytes]:
+    """The non-empty lines of a watch response, as they arrive (one JSON event each)."""
+    pending = bytearray()
+    # amt=None: a chunked response yields each chunk as it comes, not a full buffer
+    for chunk in response.stream(None):
+        pending += chunk
+        while (end := pending.find(b"\n")) >= 0:
+            line = bytes(pending[:end]).strip()
+            del pending[: end + 1]
+            if line:
+                yield line
+    if pending.strip():
+        raise _WatchError("the watch stream ended in the middle of an event")
+
+
+class KubernetesSource:
+    """The ``kubernetes`` readiness source (see the module docstring).
+
+    ``node_name``: this node's name (``spec.nodeName`` of its pods; the downward API's
+    ``NODE_NAME``). ``clock``: the bridge's clock, for the measured moments and the
+    deadlines (must be the clock the pipeline sets ``deadline_ns`` with; default the
+    wall clock). ``watch_timeout_s``: how long one watch request lasts before the server
+    ends it and it is renewed. ``backoff_initial_s``/``backoff_max_s``: the delays
+    between attempts after a failure. ``environ``/``service_account_dir``: where the
+    in-cluster configuration is read (tests point them elsewhere).
+
+    The client configuration is loaded here when ``config.kubernetes`` is set (a
+    kubeconfig file when ``config.kubeconfig`` names one, else the in-cluster service
+    account); a configuration that cannot be loaded raises
+    :class:`~otelbridge.errors.ConfigError`. Nothing is contacted before :meth:`start`.
+    """
+
+    name = SOURCE_KUBERNETES
+
+    def __init__(
+        self,
+        config: ReadinessConfig,
+        counters: Counters,
+        *,
+        node_name: str,
+        clock: Clock | None = None,
+        watch_timeout_s: int = 300,
+        backoff_initial_s: float = 0.2,
+        backoff_max_s: float = 30.0,
+        environ: Mapping[str, str] | None = None,
+        service_account_dir: str = "",
+    ) -> None:
+        self._enabled = config.kubernetes
+        self._counters = counters
+        self._node = node_name
+        self._clock: Clock = clock if clock is not None else SystemClock()
+        self._watch_timeout_s = watch_timeout_s
+        self._backoff = tenacity.wait_exponential(
+            multiplier=backoff_initial_s, min=backoff_initial_s, max=backoff_max_s
+        )
+        self._api: Any = None
+        self._api_client: Any = None
+        if self._enabled:
+            if not node_name:
+                raise ConfigError(
+                    [
+                        "readiness.kubernetes needs this node's name: set NODE_NAME (from "
+                        "the downward API, spec.nodeName) or enrich.node_name"
+                    ]
+                )
+            configuration = _load_configuration(
+                config.kubeconfig,
+                os.environ if environ is None else environ,
+                service_account_dir,
+            )
+            self._api_client = k8s_client.ApiClient(configuration)
+            self._api = k8s_client.CoreV1Api(self._api_client)
+
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)  # the delivering thread's
+        # -- under _lock --
+        self._pods: dict[str, _Pod] = {}
+        self._watched: dict[ContainerKey, _Watched] = {}
+        self._by_pod: dict[str, set[ContainerKey]] = {}
+        self._deadlines: list[_Deadline] = []
+        self._outbox: deque[_Watched] = deque()
+        self._seq = 0
+        self._listed = False  # a first listing has been applied
+        self._refused = False  # the last listing was refused (401/403): do not apply
+        self._closed = False
+        # -- the watching thread's own --
+        self._rv: str | None = None  # resume the watch from here; None: list first
+        self._relist_from = ""  # after a 410: the listing must be at least this new
+        self._received = False  # the current attempt got something from the server
+        # held while a verdict is handed over, so none is after shutdown() returns
+        self._deliver_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._response_lock = threading.Lock()
+        self._response: Any = None  # the open watch response, for shutdown to cut
+        self._threads: list[threading.Thread] = []
+
+    # -- the ReadinessSource protocol -----------------------------------------------------
+    def applies(self, info: ContainerInfo) -> bool:
+        """An app container of a pod (CRI ``kind`` ``container``: sidecars and init
+        containers included), when the source is enabled. While the API server refuses
+        the bridge (401/403: missing RBAC), the source does not apply, so containers fall
+        back to the next source instead of all ending ``not_ready``."""
+        if not self._enabled or info.cri is None or info.cri.kind != "container":
+            return False
+        if not info.cri.container_name or not _pod_uid(info):
+            return False
+        with self._lock:
+            return not self._refused and not self._closed
+
+    def watch(self, request: ReadinessRequest, report: Report) -> None:
+        """Watches one startup; never blocks (the verdict is delivered by the source's
+        own thread, at once when the container is already ready for this startup).
+        ``report`` gets exactly one verdict unless :meth:`cancel` comes first. A second
+        watch of the same container replaces the first, which then reports nothing."""
+        info = request.info
+        uid = _pod_uid(info)
+        name = info.cri.container_name if info.cri is not None else ""
+        watched = _Watched(request, report, uid, name)
+        with self._lock:
+            if self._closed:
+                return
+            self._forget(request.key)
+            self._watched[request.key] = watched
+            if not uid or not name:  # applies() said no; answer anyway, once
+                self._decide(watched, None, "not a container of a Kubernetes pod")
+                return
+            self._by_pod.setdefault(uid, set()).add(request.key)
+            self._seq += 1
+            heapq.heappush(self._deadlines, _Deadline(request.deadline_ns, self._seq, watched))
+            self._evaluate(watched)
+            self._wake.notify()
+
+    def cancel(self, key: ContainerKey) -> None:
+        """Stops watching ``key``; a verdict not yet handed over is dropped."""
+        with self._lock:
+            self._forget(key)
+
+    def start(self) -> None:
+        """Starts the watching and delivering threads (nothing when disabled)."""
+        if not self._enabled or self._threads or self._closed:
+            return
+        self._threads = [
+            threading.Thread(target=self._run_watch, name="otelbridge-k8s-watch", daemon=True),
+            threading.Thread(target=self._run_deliver, name="otelbridge-k8s-ready", daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def shutdown(self) -> None:
+        """Stops watching; no verdict is delivered after this returns (one being handed
+        over is waited for). Idempotent; works without :meth:`start`."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._watched.clear()
+            self._by_pod.clear()
+            self._deadlines.clear()
+            self._outbox.clear()
+            self._wake.notify_all()
+        with self._deliver_lock:
+            pass  # a report being made has returned; the next one sees _closed
+        self._stop.set()
+        with self._response_lock:
+            response = self._response
+        if response is not None:
+            _cut(response)
+        for thread in self._threads:
+            thread.join(_JOIN_TIMEOUT_S)
+        if self._api_client is not None:
+            try:
+                self._api_client.close()
+            except Exception:  # closing is best effort: the process is stopping
+                _log.debug("closing the Kubernetes API client failed", exc_info=True)
+
+    # -- verdicts (under _lock) -----------------------------------------------------------
+    def _forget(self, key: ContainerKey) -> None:
+        watched = self._watched.pop(key, None)
+        if watched is None:
+            return
+        watched.cancelled = True  # its deadline entry and outbox entry are skipped
+        keys = self._by_pod.get(watched.pod_uid)
+        if keys is not None:
+            keys.discard(key)
+            if not keys:
+                del self._by_pod[watched.pod_uid]
+
+    def _decide(self, watched: _Watched, ready_ns: int | None, reason: str = "") -> None:
+        request = watched.request
+        watched.verdict = ReadySignal(
+            request.key,
+            request.attempt,
+            ready_ns if ready_ns is not None else self._clock.now_ns(),
+            SOURCE_KUBERNETES,
+            ok=ready_ns is not None,
+            reason=reason,
+        )
+        self._watched.pop(request.key, None)
+        keys = self._by_pod.get(watched.pod_uid)
+        if keys is not None:
+            keys.discard(request.key)
+            if not keys:
+                del self._by_pod[watched.pod_uid]
+        self._outbox.append(watched)
+        self._wake.notify()
+
+    def _evaluate(self, watched: _Watched) -> None:
+        """Decides ``watched`` when its container's status is ready for this startup."""
+        pod = self._pods.get(watched.pod_uid)
+        status = pod.containers.get(watched.container) if pod is not None else None
+        if (
+            status is not None
+            and status.ready
+            and status.ready_since_ns is not None
+            and status.container_id == watched.request.key.id
+        ):
+            self._decide(watched, status.ready_since_ns)
+
+    def _why_not(self, watched: _Watched) -> str:
+        """Why a startup was not ready by its deadline, for the verdict's reason."""
+        pod = self._pods.get(watched.pod_uid)
+        if pod is None:
+            if not self._listed:
+                return "the Kubernetes API has not been listed yet"
+            return f"pod {watched.pod_uid} not seen on node {self._node}"
+        status = pod.containers.get(watched.container)
+        where = f"container {watched.container} of pod {pod.namespace}/{pod.name}"
+        if status is None:
+            return f"{where} has no status yet"
+        if status.container_id != watched.request.key.id:
+            return f"{where}: its status describes another container ({status.container_id})"
+        return f"{where} not ready"
+
+    # -- the pod cache (under _lock) ------------------------------------------------------
+    def _apply(self, obj: Any, now_ns: int, *, late: bool) -> None:
+        """One pod's current state (a watch event's or a listing's)."""
+        meta = _metadata(obj)
+        uid = meta.get("uid")
+        if not isinstance(uid, str) or not uid:
+            return
+        spec = obj.get("spec")
+        if isinstance(spec, Mapping) and spec.get("nodeName") != self._node:
+            # the field selector should have left it out; never keep another node's pods
+            self._pods.pop(uid, None)
+            return
+        pod = self._pods.get(uid)
+        if pod is None:
+            pod = self._pods[uid] = _Pod(
+                str(meta.get("namespace", "")), str(meta.get("name", "")), {}
+            )
+        containers: dict[str, _Container] = {}
+        for name, (cid, restarts, ready) in _statuses(obj).items():
+            before = pod.containers.get(name)
+            same = (
+                before is not None
+                and before.container_id == cid
+                and before.restart_count == restarts
+            )
+            if ready and same and before is not None and before.ready:
+                containers[name] = before  # still ready since then
+                continue
+            # a new container id or restart count is another container: its readiness
+            # starts afresh even if the previous one's was already true
+            containers[name] = _Container(cid, restarts, ready, now_ns if ready else None)
+            if ready and late:
+                self._counters.inc(semconv.KUBERNETES_READY_LATE)
+                _log.info(
+                    "container %s of pod %s/%s turned ready while the pod watch was down: "
+                    "taken as ready at the relisting",
+                    name,
+                    pod.namespace,
+                    pod.name,
+                )
+        pod.containers = containers
+        for key in list(self._by_pod.get(uid, ())):
+            watched = self._watched.get(key)
+            if watched is not None:
+                self._evaluate(watched)
+
+    def _remove(self, obj: Any) -> None:
+        uid = _metadata(obj).get("uid")
+        if isinstance(uid, str):
+            self._pods.pop(uid, None)
+
+    # -- the watching thread --------------------------------------------------------------
+    def _run_watch(self) -> None:
+        try:
+            self._watch_loop()
+        except BaseException:  # a bug: say so rather than stop measuring silently
+            _log.exception("the Kubernetes pod watch failed; kubernetes readiness stops")
+            raise
+
+    def _watch_loop(self) -> None:
+        failures = 0  # in a row, for the backoff
+        while not self._stop.is_set():
+            self._received = False
+            try:
+                if self._rv is None:
+                    self._list()
+                self._watch_once()
+                failures = 0  # ended cleanly (the server's timeout): renew at once
+                continue
+            except _Gone as exc:
+                _log.info("the pod watch expired (%s): listing the node's pods again", exc)
+                self._relist_from, self._rv = self._rv or self._relist_from, None
+                if self._received:
+                    failures = 0
+                # a 410 is normal after an outage: relist at once, unless it repeats
+                delay = 0.0 if failures == 0 else self._delay(failures)
+            except Exception as exc:
+                if self._stop.is_set():
+                    return
+                self._counters.inc(semconv.KUBERNETES_API_ERRORS)
+                if self._received:
+                    failures = 0  # it worked for a while: the backoff starts afresh
+                delay = self._delay(failures + 1)
+                self._log_failure(exc, delay)
+            failures += 1
+            self._counters.inc(semconv.KUBERNETES_WATCH_RESTARTS)
+            if self._stop.wait(delay):
+                return
+
+    def _delay(self, attempt: int) -> float:
+        state = tenacity.RetryCallState(tenacity.Retrying(), None, (), {})
+        state.attempt_number = attempt
+        base = float(self._backoff(state))
+        # half of it random: the bridges of all nodes lose the API server together, and
+        # must not come back in lockstep
+        return base / 2 + random.uniform(0, base / 2)
+
+    def _log_failure(self, exc: Exception, delay: float) -> None:
+        if isinstance(exc, ApiException):
+            status = exc.status
+            if status in (401, 403):
+                _tlog.log(
+                    logging.ERROR,
+                    "refused",
+                    "the Kubernetes API refused to list/watch pods (%s %s): the bridge's "
+                    "service account needs get, list and watch on pods (deploy/rbac.yaml); "
+                    "retrying in %.1fs, other readiness sources apply meanwhile",
+                    status,
+                    exc.reason,
+                    delay,
+                )
+                return
+            _tlog.warning(
+                "api",
+                "the Kubernetes API answered %s %s; retrying in %.1fs",
+                status,
+                exc.reason,
+                delay,
+            )
+            return
+        if isinstance(exc, (OSError, _WatchError, ValueError)) or _is_transport_error(exc):
+            _tlog.warning("connection", "watching pods failed: %s; retrying in %.1fs", exc, delay)
+            return
+        # not a failure of the API or the network: a bug, with its traceback
+        _tlog.log(
+            logging.ERROR, "bug", "watching pods failed; retrying in %.1fs", delay, exc_info=True
+        )
+
+    def _list(self) -> None:
+        """Lists the node's pods and reconciles the cache with them.
+
+        The listing is served from the API server's watch cache, not etcd (every node
+        runs a bridge): the first from any version ("0"), a relisting from a version at
+        least as new as the one the watch had reached, so the cache never goes back in
+        time."""
+        since = self._relist_from
+        try:
+            response = self._api.list_pod_for_all_namespaces(
+                field_selector=f"spec.nodeName={self._node}",
+                resource_version=since or "0",
+                resource_version_match="NotOlderThan" if since else None,
+                _preload_content=False,
+                _request_timeout=(_CONNECT_TIMEOUT_S, _LIST_READ_TIMEOUT_S),
+            )
+        except ApiException as exc:
+            self._refusing(exc)
+            raise
+        try:
+            body = response.data
+        finally:
+            response.release_conn()
+        now = self._clock.now_ns()
+        listing = json.loads(body)
+        items = listing.get("items") if isinstance(listing, Mapping) else None
+        rv = _metadata(listing).get("resourceVersion")
+        if not isinstance(items, list) or not isinstance(rv, str):
+            raise _WatchError("the pod listing has no items or no resourceVersion")
+        with self._lock:
+            relisting = self._listed
+            if relisting:
+                self._counters.inc(semconv.KUBERNETES_RELISTS)
+            seen = set()
+            for obj in items:
+                uid = _metadata(obj).get("uid")
+                if isinstance(uid, str):
+                    seen.add(uid)
+                # a transition first seen here happened while the watch was down
+                self._apply(obj, now, late=relisting)
+            for uid in set(self._pods) - seen:  # deleted while the watch was down
+                del self._pods[uid]
+            self._listed = True
+        self._rv = rv
+
+    def _refusing(self, exc: ApiException) -> None:
+        """401/403 (no RBAC, a revoked token): the source stops applying until a watch
+        is let in again, so containers fall back to the next readiness source."""
+        if exc.status in (401, 403):
+            with self._lock:
+                self._refused = True
+
+    def _watch_once(self) -> None:
+        """Streams one watch request until the server ends it; raises on a failure."""
+        started = time.monotonic()
+        try:
+            response = self._api.list_pod_for_all_namespaces(
+                field_selector=f"spec.nodeName={self._node}",
+                watch=True,
+                resource_version=self._rv,
+                allow_watch_bookmarks=True,
+                timeout_seconds=self._watch_timeout_s,
+                _preload_content=False,
+                _request_timeout=(
+                    _CONNECT_TIMEOUT_S,
+                    self._watch_timeout_s + _WATCH_READ_MARGIN_S,
+                ),
+            )
+        except ApiException as exc:
+            if exc.status == 410:  # an HTTP 410 instead of an ERROR event: the same
+                raise _Gone(f"HTTP 410 {exc.reason}") from exc
+            self._refusing(exc)
+            raise
+        with self._lock:
+            self._refused = False  # listed and watching: the source can tell again
+        with self._response_lock:
+            self._response = response
+        try:
+            if self._stop.is_set():  # shutdown() came before the response was kept
+                return
+            for line in _lines(response):
+                self._on_event(line)
+                if self._stop.is_set():
+                    return
+        finally:
+            with self._response_lock:
+                self._response = None
+            response.close()
+            response.release_conn()
+        if not self._received and time.monotonic() - started < 1.0:
+            # a server that ends every watch at once must not make this loop spin
+            raise _WatchError("the watch ended as soon as it started")
+
+    def _on_event(self, line: bytes) -> None:
+        now = self._clock.now_ns()  # the moment of arrival is the measured moment
+        event = json.loads(line)
+        if not isinstance(event, Mapping):
+            raise _WatchError(f"a watch event that is not an object: {line[:200]!r}")
+        kind = event.get("type")
+        obj = event.get("object")
+        self._received = True
+        if kind == "ERROR":
+            status = obj if isinstance(obj, Mapping) else {}
+            message = f"{status.get('reason', '')}: {status.get('message', '')}"
+            if status.get("code") == 410:
+                raise _Gone(message)
+            raise _WatchError(f"watch error {status.get('code')} {message}")
+        rv = _metadata(obj).get("resourceVersion")
+        if kind in ("ADDED", "MODIFIED"):
+            with self._lock:
+                self._apply(obj, now, late=False)
+        elif kind == "DELETED":
+            with self._lock:
+                self._remove(obj)
+        elif kind != "BOOKMARK":
+            _tlog.warning("event", "skipping a pod watch event of type %r", kind)
+            return
+        if isinstance(rv, str) and rv:
+            self._rv = rv
+
+    # -- the delivering thread ------------------------------------------------------------
+    def _run_deliver(self) -> None:
+        while True:
+            try:
+                watched = self._next_verdict()
+            except Exception:  # a bug: keep delivering the others
+                _log.exception("kubernetes readiness: deciding a deadline failed")
+                continue
+            if watched is None:
+                return
+            self._deliver(watched)
+
+    def _next_verdict(self) -> _Watched | None:
+        """Waits for a verdict to deliver (deciding the startups past their deadline);
+        None once closed."""
+        with self._lock:
+            while not self._closed:
+                while self._outbox:
+                    watched = self._outbox.popleft()
+                    if not watched.cancelled:
+                        return watched
+                now = self._clock.now_ns()
+                while self._deadlines:
+                    first = self._deadlines[0]
+                    if first.watched.cancelled or first.watched.verdict is not None:
+                        heapq.heappop(self._deadlines)
+                    elif first.at_ns <= now:
+                        heapq.heappop(self._deadlines)
+                        why = self._why_not(first.watched)
+                        self._decide(first.watched, None, f"not ready by the deadline: {why}")
+                    else:
+                        break
+                if self._outbox:
+                    continue
+                wait = _MAX_IDLE_WAIT_S
+                if self._deadlines:
+                    wait = min(wait, max(0.0, (self._deadlines[0].at_ns - now) / _NS))
+                self._wake.wait(wait)
+            return None
+
+    def _deliver(self, watched: _Watched) -> None:
+        verdict = watched.verdict
+        assert verdict is not None
+        with self._deliver_lock:
+            with self._lock:
+                # cancel() may have come since it was taken from the outbox
+                if self._closed or watched.cancelled:
+                    return
+            try:
+                # not under _lock: report may wait for room in the pipeline's queue,
+                # whose consumer may be calling cancel() meanwhile
+                watched.report(verdict)
+            except Exception:
+                _log.exception("reporting the readiness of %s failed", verdict.key)
+
+
+def _cut(response: Any) -> None:
+    """Unblocks a thread reading ``response`` (urllib3 >= 2.3 ``shutdown``)."""
+    try:
+        shutdown = getattr(response, "shutdown", None)
+        if shutdown is not None:
+            shutdown()
+        else:
+            response.close()
+    except Exception:  # the stream may be ending by itself at the same time
+        _log.debug("cutting the pod watch failed", exc_info=True)
+
+
+def _is_transport_error(exc: Exception) -> bool:
+    """urllib3's errors (connection refused, broken stream, read timeout)."""
+    return type(exc).__module__.startswith("urllib3")
+
+
+def _load_configuration(
+    kubeconfig: str, environ: Mapping[str, str], service_account_dir: str
+) -> Any:
+    """The client configuration: from ``kubeconfig`` (its current context) when set,
+    else in-cluster (the pod's service account token and CA, the API server from
+    ``KUBERNETES_SERVICE_HOST``/``_PORT``). The token is re-read as the library does
+    (bound service account tokens rotate). The kubeconfig file is never written back."""
+    configuration = k8s_client.Configuration()
+    try:
+        if kubeconfig:
+            k8s_config.load_kube_config(  # type: ignore[no-untyped-call]
+                config_file=kubeconfig,
+                client_configuration=configuration,
+                persist_config=False,
+            )
+        else:
+            token, ca = SERVICE_TOKEN_FILENAME, SERVICE_CERT_FILENAME
+            if service_account_dir:
+                token = str(Path(service_account_dir) / "token")
+                ca = str(Path(service_account_dir) / "ca.crt")
+            loader = InClusterConfigLoader(  # type: ignore[no-untyped-call]
+                token_filename=token, cert_filename=ca, environ=environ
+            )
+            loader.load_and_set(configuration)  # type: ignore[no-untyped-call]
+    except Exception as exc:  # the library raises ConfigException, OSError, YAML errors
+        where = f"readiness.kubeconfig {kubeconfig}" if kubeconfig else "in-cluster config"
+        raise ConfigError(
+            [f"readiness.kubernetes: cannot load the Kubernetes client's {where}: {exc}"]
+        ) from exc
+    return configuration
