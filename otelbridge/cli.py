@@ -188,9 +188,12 @@ def cmd_run(args: argparse.Namespace) -> int:
             bridge.counters,
             alive=lambda: not bridge.pipeline.stopped.is_set(),
             ready=bridge.pipeline.connected.is_set,
+            sla=bridge.pipeline.sla.snapshot,
         )
         host, port = status.address[:2]
-        _log.warning("status API on http://%s:%s/ (/healthz, /readyz, /v1/counters)", host, port)
+        _log.warning(
+            "status API on http://%s:%s/ (/healthz, /readyz, /v1/counters, /v1/sla)", host, port
+        )
         status.start()
     stop = threading.Event()
     _on_signals(stop)

@@ -252,6 +252,56 @@ class ReadinessConfig:
         return problems
 
 
+@dataclass(frozen=True)
+class SlaConfig:
+    """The contract (PRODUCT.md section 2): startup budgets, coverage, GC budget."""
+
+    startup_duration_p99_s: float = 4.0
+    """Budget of the p99 of ``startup_duration`` (first event -> ready), per namespace."""
+
+    shim_launch_s: float = 2.0
+    """Budget of ``shim_launch_time`` (``/containers/create`` -> ``/tasks/create``)."""
+
+    task_create_to_ready_s: float = 1.0
+    """Budget of ``task_create_to_ready`` (``/tasks/create`` -> ready)."""
+
+    coverage_min: float = 0.90
+    """Share of startups that must be fully traced (not partial), per namespace."""
+
+    window_s: float = 300.0
+    """Verdicts look at the startups completed in this rolling window (as the
+    Kubernetes pod-startup SLI does)."""
+
+    min_samples: int = 20
+    """Fewer startups than this in the window give ``insufficient``, never ``pass``."""
+
+    gc_reclaim_max_s: float = 2.0
+    """A snapshot reclaim (container deletion -> ``/snapshot/remove``) slower than this
+    counts as degraded (``gc_degraded``)."""
+
+    gc_leak_ttl_s: float = 600.0
+    """A container's snapshot still there this long after the container exited is
+    reported as leaked."""
+
+    def validate(self) -> list[str]:
+        problems = []
+        for name in (
+            "startup_duration_p99_s",
+            "shim_launch_s",
+            "task_create_to_ready_s",
+            "window_s",
+            "gc_reclaim_max_s",
+            "gc_leak_ttl_s",
+        ):
+            if getattr(self, name) <= 0:
+                problems.append(f"sla.{name} must be > 0")
+        if not 0 <= self.coverage_min <= 1:
+            problems.append("sla.coverage_min must be between 0 and 1")
+        if self.min_samples < 1:
+            problems.append("sla.min_samples must be >= 1")
+        return problems
+
+
 DEFAULT_STATE_DIR = "/var/lib/otelbridge"
 
 
@@ -299,6 +349,7 @@ class Config:
     correlate: CorrelateConfig = field(default_factory=CorrelateConfig)
     enrich: EnrichConfig = field(default_factory=EnrichConfig)
     readiness: ReadinessConfig = field(default_factory=ReadinessConfig)
+    sla: SlaConfig = field(default_factory=SlaConfig)
     state: StateConfig = field(default_factory=StateConfig)
 
     def validate(self) -> list[str]:
@@ -317,6 +368,7 @@ class Config:
             + self.correlate.validate()
             + self.enrich.validate()
             + self.readiness.validate()
+            + self.sla.validate()
             + self.state.validate()
         )
 
@@ -426,6 +478,7 @@ __all__ = [
     "CorrelateConfig",
     "EnrichConfig",
     "ReadinessConfig",
+    "SlaConfig",
     "SourceConfig",
     "StateConfig",
     "config_from_mapping",

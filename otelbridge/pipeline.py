@@ -31,22 +31,25 @@ import dataclasses
 import logging
 import queue
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
+from otelbridge import sla
 from otelbridge.clock import Clock, EventTimeClock, SystemClock
 from otelbridge.config import Config
 from otelbridge.correlate import Correlator
 from otelbridge.decode import Decoder
 from otelbridge.durable import StateRow, StateStore
 from otelbridge.emit import semconv
+from otelbridge.emit.reclaim import build_reclaim_span
 from otelbridge.emit.spans import build_pod_span, build_startup_spans
 from otelbridge.enrich.lookups import LookupPool
 from otelbridge.enrich.stage import Enricher
 from otelbridge.errors import NotFound
+from otelbridge.gc import GcTracker, ReclaimRecord
 from otelbridge.logutil import ThrottledLogger
 from otelbridge.model import (
     ContainerInfo,
@@ -59,6 +62,7 @@ from otelbridge.model import (
 )
 from otelbridge.pods import PodDirectory, PodStartup, PodTracker
 from otelbridge.readiness import SOURCE_STARTED, ReadinessRequest, ReadinessSource
+from otelbridge.sla import SlaTracker
 from otelbridge.stats import Counters
 
 _log = logging.getLogger(__name__)
@@ -110,6 +114,7 @@ class Pipeline:
         on_record: Callable[[StartupRecord, list[Span]], None] | None = None,
         store: StateStore | None = None,
         readiness_sources: Sequence[ReadinessSource] = (),
+        on_measured: Callable[[StartupRecord, Mapping[str, float]], None] | None = None,
     ) -> None:
         """``sink`` receives the spans; with a ``store`` (which must then be the sink
         too), state and spans are committed together (see the module docstring)."""
@@ -123,7 +128,12 @@ class Pipeline:
         self._clock: Clock = clock
         self._event_clock = self._clock if isinstance(self._clock, EventTimeClock) else None
         self._wall = wall_clock if wall_clock is not None else SystemClock()
-        self.enricher = Enricher(config.enrich, counters, readiness_label=config.readiness.label)
+        self.enricher = Enricher(
+            config.enrich,
+            counters,
+            readiness_label=config.readiness.label,
+            sla_limits=sla.budgets(config.sla),
+        )
         self._sources = list(readiness_sources)
         # started containers whose readiness is not decided yet: their container record
         # is still being read (record, since when)
@@ -140,6 +150,10 @@ class Pipeline:
         self._tickets: dict[int, int] = {}  # id(record) -> ticket, while the record lives
         self._pending: list[_Pending] = []
         self._metadata_timeout_ns = int(config.enrich.metadata_timeout_s * _NS)
+        self.sla = SlaTracker(config.sla, self._clock)
+        self.gc = GcTracker(config.sla, self._clock, counters)
+        self.sla.extra.append(self.gc.figures)
+        self._on_measured = on_measured  # the metrics stage
         self.pod_directory = PodDirectory()
         self.pods = PodTracker(
             self._clock,
@@ -256,6 +270,8 @@ class Pipeline:
                 clock.observe(event.timestamp_ns)
             for record in self.correlator.process(event):
                 self._complete(record)
+            for reclaim in self.gc.process(event):
+                self._emit_reclaim(reclaim)
             if clock is not None and event.timestamp_ns >= self._next_replay_tick_ns:
                 self._next_replay_tick_ns = event.timestamp_ns + _REPLAY_TICK_NS
                 self.tick()
@@ -356,6 +372,7 @@ class Pipeline:
                 self._drain(self._clock.now_ns())
             if self._undecided:
                 self._decide_pending()
+            self.gc.expire()
             for pod in self.pods.expire():
                 self._emit_pod(pod)
         except Exception:
@@ -409,7 +426,14 @@ class Pipeline:
             # derive the same IDs
             record.incarnation_ns = info.created_at_ns
         try:
-            spans = build_startup_spans(record, self.enricher.enrich(record))
+            measured = sla.durations(record)
+            enrichment = self.enricher.enrich(record, measured)
+            if self.gc.overlaps(record):
+                enrichment.attributes.append((semconv.OB_GC_OVERLAP, True))
+            spans = build_startup_spans(record, enrichment)
+            self.sla.observe(record, measured)
+            if self._on_measured is not None:
+                self._on_measured(record, measured)
             self.counters.inc(semconv.SPANS_EMITTED, len(spans))
             self._sink.submit(spans)
             self.pods.observe(record)
@@ -425,6 +449,18 @@ class Pipeline:
             self.counters.inc(semconv.PIPELINE_ERRORS)
             _tlog.log(
                 logging.ERROR, "bug", "%s: could not emit its startup", record.key, exc_info=True
+            )
+
+    def _emit_reclaim(self, reclaim: ReclaimRecord) -> None:
+        """Builds and hands on a ``snapshot.reclaim`` span. Never raises."""
+        try:
+            span = build_reclaim_span(reclaim)
+            self.counters.inc(semconv.SPANS_EMITTED)
+            self._sink.submit([span])
+        except Exception:  # a bug must cost one span, not the daemon
+            self.counters.inc(semconv.PIPELINE_ERRORS)
+            _tlog.log(
+                logging.ERROR, "bug", "%s: could not emit its reclaim", reclaim.key, exc_info=True
             )
 
     def _emit_pod(self, pod: PodStartup) -> None:

@@ -9,6 +9,9 @@ describe the node's workloads. Read-only, GET only.
 | ``/healthz`` | 200 while the pipeline runs, 503 once it stopped (its source died) |
 | ``/readyz`` | 200 once subscribed to containerd and listed it, 503 before |
 | ``/v1/counters`` | the bridge's counters as JSON |
+| ``/v1/sla`` | the SLA verdicts per namespace as JSON (:mod:`otelbridge.sla`) |
+
+Other routes (``/metrics``) are added by whoever serves them (``routes``).
 """
 
 from __future__ import annotations
@@ -46,21 +49,37 @@ class StatusServer:
         *,
         alive: Callable[[], bool],
         ready: Callable[[], bool],
+        sla: Callable[[], dict[str, Any]] | None = None,
+        routes: dict[str, Callable[[], tuple[int, bytes, str]]] | None = None,
     ) -> None:
+        """``routes``: more paths, each answering ``(status, body, content type)``.
+        Every route runs on the server's threads and must not raise."""
         host, port = parse_addr(addr)
-        routes: dict[str, Callable[[], tuple[int, Any]]] = {
-            "/healthz": lambda: (200, "ok") if alive() else (503, "stopped"),
-            "/readyz": lambda: (200, "ready") if ready() else (503, "not subscribed yet"),
-            "/v1/counters": lambda: (200, counters.snapshot()),
+
+        def text(code: int, body: str) -> tuple[int, bytes, str]:
+            return code, (body + "\n").encode(), "text/plain; charset=utf-8"
+
+        def as_json(body: Any) -> tuple[int, bytes, str]:
+            return 200, json.dumps(body, indent=1).encode(), "application/json"
+
+        table: dict[str, Callable[[], tuple[int, bytes, str]]] = {
+            "/healthz": lambda: text(200, "ok") if alive() else text(503, "stopped"),
+            "/readyz": lambda: text(200, "ready") if ready() else text(503, "not subscribed yet"),
+            "/v1/counters": lambda: as_json(counters.snapshot()),
         }
+        if sla is not None:
+            table["/v1/sla"] = lambda: as_json(sla())
+        table.update(routes or {})
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self) -> None:
-                route = routes.get(self.path.split("?", 1)[0])
-                code, body = route() if route else (404, "not found")
-                data = (json.dumps(body) if not isinstance(body, str) else body + "\n").encode()
+                route = table.get(self.path.split("?", 1)[0])
+                try:
+                    code, data, kind = route() if route else text(404, "not found")
+                except Exception:  # a broken route must not take the server down
+                    _log.exception("status: %s failed", self.path)
+                    code, data, kind = text(500, "internal error")
                 self.send_response(code)
-                kind = "text/plain" if isinstance(body, str) else "application/json"
                 self.send_header("Content-Type", kind)
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()

@@ -77,6 +77,8 @@ OB_MISSING_PHASES: Final = "otelbridge.phases.missing"
 OB_ATTRIBUTES_DROPPED: Final = "otelbridge.attributes.dropped"
 OB_ROLLOUT_NAME: Final = "otelbridge.rollout.name"
 OB_CONTAINER_KIND: Final = "otelbridge.container.kind"
+OB_SLA_BREACHED: Final = "otelbridge.sla.breached"
+OB_GC_OVERLAP: Final = "otelbridge.gc.overlap"
 OB_POD_CONTAINERS: Final = "otelbridge.pod.containers"
 
 CONTAINER_RUNTIME_VALUE: Final = "containerd"
@@ -113,6 +115,8 @@ SPAN_ATTRIBUTES: Final = (
     OB_ROLLOUT_NAME,
     OB_CONTAINER_KIND,
     OB_POD_CONTAINERS,
+    OB_SLA_BREACHED,
+    OB_GC_OVERLAP,
 )
 RESOURCE_ATTRIBUTES: Final = (SERVICE_NAME, HOST_NAME, K8S_NODE_NAME)
 

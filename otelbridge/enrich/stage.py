@@ -25,7 +25,8 @@ import sys
 import threading
 from collections.abc import Mapping
 
-from otelbridge.config import READINESS_LABEL, EnrichConfig
+from otelbridge import sla
+from otelbridge.config import READINESS_LABEL, EnrichConfig, SlaConfig
 from otelbridge.emit import semconv
 from otelbridge.emit.spans import AttrValue, Enrichment, pod_parent
 from otelbridge.enrich.tracecontext import NOT_FOUND, Resolution, TraceContext, resolve
@@ -62,9 +63,15 @@ class Enricher:
     records whose container record went through :meth:`admit`; it never raises."""
 
     def __init__(
-        self, config: EnrichConfig, counters: Counters, *, readiness_label: str = READINESS_LABEL
+        self,
+        config: EnrichConfig,
+        counters: Counters,
+        *,
+        readiness_label: str = READINESS_LABEL,
+        sla_limits: Mapping[str, float] | None = None,
     ) -> None:
         self._cfg = config
+        self._sla_limits = sla_limits if sla_limits is not None else sla.budgets(SlaConfig())
         self._readiness_label = readiness_label
         self._counters = counters
         self._keys = tuple(
@@ -219,7 +226,9 @@ class Enricher:
             out.append((semconv.OB_ATTRIBUTES_DROPPED, info.dropped))
         return out
 
-    def enrich(self, rec: StartupRecord) -> Enrichment:
+    def enrich(self, rec: StartupRecord, measured: Mapping[str, float] | None = None) -> Enrichment:
+        """Attributes and trace context of a completed startup; ``measured`` are its
+        durations (:func:`otelbridge.sla.durations`, computed when not given)."""
         key = rec.key
         info = rec.info
         cri = info.cri if info is not None else None
@@ -253,6 +262,11 @@ class Enricher:
             attrs.append((semconv.PROCESS_EXIT_CODE, rec.exit_status))
         if info is not None and (self._cfg.label_attributes or info.dropped):
             attrs.extend(self._label_attributes(info))
+        broken = sla.breached(
+            sla.durations(rec) if measured is None else measured, self._sla_limits
+        )
+        if broken:
+            attrs.append((semconv.OB_SLA_BREACHED, broken))
 
         enrichment = Enrichment(
             attributes=attrs,

@@ -16,6 +16,7 @@ from otelbridge.config import (
     CorrelateConfig,
     EnrichConfig,
     ReadinessConfig,
+    SlaConfig,
     SourceConfig,
     StateConfig,
     config_from_mapping,
@@ -29,6 +30,7 @@ SECTIONS: dict[str, Any] = {
     "correlate": CorrelateConfig(),
     "enrich": EnrichConfig(),
     "readiness": ReadinessConfig(),
+    "sla": SlaConfig(),
     "state": StateConfig(),
 }
 
@@ -115,6 +117,16 @@ EXPECTED = Config(
         probe_timeout_s=2.0,
         probe_deadline_s=30.0,
         max_concurrent_probes=8,
+    ),
+    sla=SlaConfig(
+        startup_duration_p99_s=3.0,
+        shim_launch_s=1.5,
+        task_create_to_ready_s=0.5,
+        coverage_min=0.95,
+        window_s=60.0,
+        min_samples=5,
+        gc_reclaim_max_s=1.0,
+        gc_leak_ttl_s=120.0,
     ),
     state=StateConfig(
         dir="/srv/otelbridge-state",

@@ -1,0 +1,205 @@
+"""The startup SLA: budgets, per-startup breaches, per-namespace verdicts.
+
+Budgets (PRODUCT.md section 2, ``[sla]`` in the config):
+
+* ``startup_duration``: first event -> ready, p99 under ``startup_duration_p99_s`` (4 s);
+* ``shim_launch_time``: ``/containers/create`` -> ``/tasks/create``, under 2 s;
+* ``task_create_to_ready``: ``/tasks/create`` -> ready, under 1 s;
+* coverage: at least ``coverage_min`` (90%) of startups fully traced, per namespace.
+
+Per startup, :func:`breached` names the budgets its own durations broke (the span
+attribute ``otelbridge.sla.breached``). Per namespace, :class:`SlaTracker` keeps the
+startups completed in a rolling window and judges the p99 of each duration against its
+budget: ``pass``, ``breach``, or ``insufficient`` when fewer than ``min_samples``
+startups were measured (never ``pass`` on too little data). Coverage counts every
+startup seen: a partial one (first events missed, found by listing) is not covered.
+
+The functions are pure; the tracker is fed on the event thread and read (under a lock)
+by the status API.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import threading
+from collections import deque
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+from otelbridge.clock import Clock
+from otelbridge.config import SlaConfig
+from otelbridge.model import Outcome, StartupRecord
+
+STARTUP_DURATION: Final = "startup_duration"
+SHIM_LAUNCH_TIME: Final = "shim_launch_time"
+TASK_CREATE_TO_READY: Final = "task_create_to_ready"
+COVERAGE: Final = "coverage"
+#: the duration budgets, in the order they are reported
+DURATIONS: Final = (STARTUP_DURATION, SHIM_LAUNCH_TIME, TASK_CREATE_TO_READY)
+
+_NS = 1_000_000_000
+_MAX_SAMPLES = 20_000  # per namespace and window: bounds memory under a flood
+
+
+class Verdict(enum.Enum):
+    PASS = "pass"
+    BREACH = "breach"
+    INSUFFICIENT = "insufficient"
+
+
+def budgets(config: SlaConfig) -> dict[str, float]:
+    """Budget of each duration, in seconds."""
+    return {
+        STARTUP_DURATION: config.startup_duration_p99_s,
+        SHIM_LAUNCH_TIME: config.shim_launch_s,
+        TASK_CREATE_TO_READY: config.task_create_to_ready_s,
+    }
+
+
+def durations(record: StartupRecord) -> dict[str, float]:
+    """The measurable durations of a startup, in seconds. Only a startup that became
+    ready has a ``startup_duration`` or ``task_create_to_ready``; a phase whose two
+    events were not both seen is not measured."""
+    out: dict[str, float] = {}
+    if record.container_create_ns is not None and record.task_create_ns is not None:
+        out[SHIM_LAUNCH_TIME] = (record.task_create_ns - record.container_create_ns) / _NS
+    if record.outcome is Outcome.READY and record.ready_ns is not None:
+        if not record.partial:
+            out[STARTUP_DURATION] = (record.ready_ns - record.start_ns) / _NS
+        if record.task_create_ns is not None:
+            out[TASK_CREATE_TO_READY] = (record.ready_ns - record.task_create_ns) / _NS
+    return out
+
+
+def breached(measured: Mapping[str, float], limits: Mapping[str, float]) -> list[str]:
+    """The budgets these durations broke, in the order of :data:`DURATIONS`."""
+    return [name for name in DURATIONS if name in measured and measured[name] > limits[name]]
+
+
+def p99(values: Sequence[float]) -> float:
+    """The 99th percentile, nearest-rank (a value that occurred, never interpolated)."""
+    if not values:
+        raise ValueError("p99 of nothing")
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(0.99 * len(ordered)) - 1)]
+
+
+def judge(values: Sequence[float], budget: float, min_samples: int) -> dict[str, Any]:
+    """One duration's verdict over a window of samples."""
+    if len(values) < min_samples:
+        return {
+            "verdict": Verdict.INSUFFICIENT.value,
+            "samples": len(values),
+            "p99_s": p99(values) if values else None,
+            "budget_s": budget,
+            "breaches": sum(1 for v in values if v > budget),
+        }
+    worst = p99(values)
+    return {
+        "verdict": (Verdict.PASS if worst < budget else Verdict.BREACH).value,
+        "samples": len(values),
+        "p99_s": worst,
+        "budget_s": budget,
+        "breaches": sum(1 for v in values if v > budget),
+    }
+
+
+def overall(verdicts: Iterable[str]) -> str:
+    """A namespace's verdict: breach if any budget is breached, else insufficient if any
+    lacks data, else pass."""
+    seen = set(verdicts)
+    if Verdict.BREACH.value in seen:
+        return Verdict.BREACH.value
+    if Verdict.INSUFFICIENT.value in seen or not seen:
+        return Verdict.INSUFFICIENT.value
+    return Verdict.PASS.value
+
+
+@dataclass(slots=True)
+class _Sample:
+    at_ns: int  # the clock time it was observed
+    traced: bool
+    values: dict[str, float]
+
+
+class SlaTracker:
+    """Rolling per-namespace windows of completed startups. ``observe`` runs on the
+    event thread; ``snapshot`` from any thread (the status API)."""
+
+    def __init__(self, config: SlaConfig, clock: Clock) -> None:
+        self._cfg = config
+        self._clock = clock
+        self._limits = budgets(config)
+        self._window_ns = int(config.window_s * _NS)
+        self._windows: dict[str, deque[_Sample]] = {}
+        self._lock = threading.Lock()
+        self.extra: list[Any] = []
+        """Callables ``(namespace) -> dict`` adding figures to each namespace (GC)."""
+
+    @property
+    def limits(self) -> dict[str, float]:
+        return dict(self._limits)
+
+    def observe(self, record: StartupRecord, measured: Mapping[str, float]) -> None:
+        namespace = record.key.namespace
+        sample = _Sample(self._clock.now_ns(), not record.partial, dict(measured))
+        with self._lock:
+            window = self._windows.setdefault(namespace, deque(maxlen=_MAX_SAMPLES))
+            window.append(sample)
+
+    def _trim(self, window: deque[_Sample], now: int) -> None:
+        while window and window[0].at_ns <= now - self._window_ns:
+            window.popleft()
+
+    def snapshot(self) -> dict[str, Any]:
+        """The verdicts of every namespace seen (JSON-ready; the ``/v1/sla`` answer)."""
+        now = self._clock.now_ns()
+        cfg = self._cfg
+        with self._lock:
+            windows = {}
+            for namespace, window in self._windows.items():
+                self._trim(window, now)
+                windows[namespace] = list(window)
+        namespaces = {ns: self._judge_namespace(samples) for ns, samples in windows.items()}
+        for namespace, figures in namespaces.items():
+            for extra in self.extra:
+                figures.update(extra(namespace))
+        return {
+            "window_s": cfg.window_s,
+            "min_samples": cfg.min_samples,
+            "budgets": {
+                **{name: limit for name, limit in self._limits.items()},
+                COVERAGE: cfg.coverage_min,
+            },
+            "namespaces": namespaces,
+        }
+
+    def _judge_namespace(self, samples: list[_Sample]) -> dict[str, Any]:
+        cfg = self._cfg
+        judged = {
+            name: judge(
+                [s.values[name] for s in samples if name in s.values],
+                self._limits[name],
+                cfg.min_samples,
+            )
+            for name in DURATIONS
+        }
+        seen = len(samples)
+        traced = sum(1 for s in samples if s.traced)
+        coverage = traced / seen if seen else None
+        if seen < cfg.min_samples:
+            coverage_verdict = Verdict.INSUFFICIENT.value
+        elif coverage is not None and coverage >= cfg.coverage_min:
+            coverage_verdict = Verdict.PASS.value
+        else:
+            coverage_verdict = Verdict.BREACH.value
+        return {
+            "verdict": overall([*(j["verdict"] for j in judged.values()), coverage_verdict]),
+            "startups": seen,
+            "traced": traced,
+            "coverage": coverage,
+            "coverage_verdict": coverage_verdict,
+            "budgets": judged,
+        }
