@@ -171,6 +171,9 @@ class Pipeline:
         )
         self._received = counters.cell(semconv.EVENTS_RECEIVED)  # event thread only
         self._next_replay_tick_ns = 0
+        # refreshed by every deadline check: reading the wall clock per event costs more
+        # than the day of slack this bound has
+        self._future_limit_ns = self._wall.now_ns() + _MAX_FUTURE_NS
         self._queue: queue.Queue[SourceItem] = queue.Queue(config.source.queue_size)
         self._stop = threading.Event()
         self._source_thread: threading.Thread | None = None
@@ -255,7 +258,7 @@ class Pipeline:
             event = self.decoder(item)
             if event is None:
                 return
-            if event.timestamp_ns > self._wall.now_ns() + _MAX_FUTURE_NS:
+            if event.timestamp_ns > self._future_limit_ns:
                 self.counters.inc(semconv.EVENTS_MALFORMED)
                 _tlog.warning(
                     "future", "skipping %s of %s dated in the future", item.topic, event.key
@@ -365,6 +368,7 @@ class Pipeline:
 
     def tick(self) -> None:
         """Applies deadlines and emits startups whose container record has arrived."""
+        self._future_limit_ns = self._wall.now_ns() + _MAX_FUTURE_NS
         try:
             for record in self.correlator.expire():
                 self._complete(record)

@@ -80,6 +80,8 @@ class Enricher:
         self._env_keys = config.env_keys
         self._max_len = config.max_attribute_length
         self._shared: dict[tuple[str | None, ...], Resolution] = {}
+        # every key a carrier is looked up under: the values found identify a resolution
+        self._all_keys = tuple(k for pair in (*self._keys, *self._env_keys) for k in pair)
         self._shared_lock = threading.Lock()
 
     def admit(self, info: ContainerInfo, pod: PodContext | None = None) -> ContainerInfo:
@@ -186,11 +188,12 @@ class Enricher:
         """:meth:`_resolve`, sharing one parsed result among the containers of a rollout
         (they carry the same values). Bounded; safe from the lookup threads."""
         pod_annotations = info.cri.pod_annotations if info.cri is not None else EMPTY_MAP
-        key = tuple(
-            carrier.get(k)
-            for carrier in (pod_annotations, info.labels, info.annotations, info.env)
-            for pair in (*self._keys, *self._env_keys)
-            for k in pair
+        keys = self._all_keys
+        key = (
+            *map(pod_annotations.get, keys),
+            *map(info.labels.get, keys),
+            *map(info.annotations.get, keys),
+            *map(info.env.get, keys),
         )
         with self._shared_lock:
             found = self._shared.get(key)
