@@ -10,7 +10,7 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from opentelemetry.proto.common.v1.common_pb2 import InstrumentationScope
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
@@ -22,6 +22,7 @@ from otelbridge.config import Config
 from otelbridge.containerd.client import ContainerdClient
 from otelbridge.durable import SpoolExporter, StateStore
 from otelbridge.emit import semconv
+from otelbridge.emit.metrics import BridgeMetrics
 from otelbridge.export import SpanExporter
 from otelbridge.export.batch import BatchConfig, BatchProcessor
 from otelbridge.export.factory import build_exporters, build_resource
@@ -108,6 +109,7 @@ class Bridge:
     exporter: ExportStage
     counters: Counters
     store: StateStore | None = None
+    metrics: BridgeMetrics | None = None
 
     def start(self) -> None:
         self.exporter.start()
@@ -125,6 +127,8 @@ class Bridge:
         grace = self.pipeline.config.state.shutdown_grace_s if grace_s is None else grace_s
         self.pipeline.shutdown()
         self.exporter.shutdown(grace)
+        if self.metrics is not None:  # after the pipeline: the last startups are in it
+            self.metrics.shutdown()
         self.client.close()
 
 
@@ -152,24 +156,34 @@ def build_live_bridge(
     extra_exporters: Sequence[SpanExporter] = (),
     clock: Clock | None = None,
     on_record: Callable[[StartupRecord, list[Span]], None] | None = None,
+    metrics: bool = True,
 ) -> Bridge:
     """A bridge as ``otelbridge run`` builds it. With ``config.state.dir`` it keeps its
-    state there and resumes from what a previous run left."""
+    state there and resumes from what a previous run left. ``metrics``: record and export
+    the bridge's metrics (``OTEL_METRICS_EXPORTER``)."""
     counters = Counters()
     clock = clock or SystemClock()
     client = containerd_client(config)
     lookup: MetadataLookup = client.get_container
     source = LiveSource(client, config.source, counters, clock)
     readiness = readiness_sources(config, counters)
+    exporters, resource, env = _exporters_and_resource(
+        config, environ, exporter, jsonl_path, extra_exporters
+    )
+    pipeline: Pipeline | None = None
+
+    def sla_snapshot() -> dict[str, Any]:
+        return pipeline.sla.snapshot() if pipeline is not None else {}
+
+    bridge_metrics = (
+        BridgeMetrics(config, counters, sla_snapshot, environ=env, resource=resource)
+        if metrics
+        else None
+    )
+    on_measured = bridge_metrics.record_startup if bridge_metrics is not None else None
+    batch_config = BatchConfig.from_env(env)
     if not config.state.dir:
-        batch = build_batch(
-            config,
-            counters,
-            environ=environ,
-            exporter=exporter,
-            jsonl_path=jsonl_path,
-            extra_exporters=extra_exporters,
-        )
+        batch = BatchProcessor.from_config(exporters, resource, scope(), counters, batch_config)
         pipeline = Pipeline(
             config,
             batch,
@@ -178,17 +192,14 @@ def build_live_bridge(
             lookup=lookup,
             on_record=on_record,
             readiness_sources=readiness,
+            on_measured=on_measured,
         )
-        return Bridge(client, source, pipeline, batch, counters)
-    exporters, resource, env = _exporters_and_resource(
-        config, environ, exporter, jsonl_path, extra_exporters
-    )
+        return Bridge(client, source, pipeline, batch, counters, metrics=bridge_metrics)
     store = StateStore(
         Path(config.state.dir),
         counters,
         max_spool_bytes=int(config.state.max_spool_mb * 1024 * 1024),
     )
-    batch_config = BatchConfig.from_env(env)
     spool = SpoolExporter(
         store,
         exporters,
@@ -208,7 +219,8 @@ def build_live_bridge(
         on_record=on_record,
         store=store,
         readiness_sources=readiness,
+        on_measured=on_measured,
     )
     pipeline.on_commit = spool.notify
     source.resume_from(pipeline.restore())
-    return Bridge(client, source, pipeline, spool, counters, store)
+    return Bridge(client, source, pipeline, spool, counters, store, bridge_metrics)

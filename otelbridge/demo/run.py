@@ -90,6 +90,7 @@ def run_demo(
             jsonl_path=jsonl_path,
             extra_exporters=[collected],
             on_record=on_record,
+            metrics=False,  # a showcase of traces; nothing to scrape
         )
         bridge.start()
         try:

@@ -24,6 +24,7 @@ SPAN_TASK_START: Final = "task.start"
 SPAN_READINESS_WAIT: Final = "readiness.wait"
 SPAN_ROLLOUT: Final = "rollout"
 SPAN_POD_STARTUP: Final = "pod.startup"
+SPAN_SNAPSHOT_RECLAIM: Final = "snapshot.reclaim"
 
 SPAN_NAMES: Final = (
     SPAN_POD_STARTUP,
@@ -33,6 +34,7 @@ SPAN_NAMES: Final = (
     SPAN_TASK_START,
     SPAN_READINESS_WAIT,
     SPAN_ROLLOUT,
+    SPAN_SNAPSHOT_RECLAIM,
 )
 
 # -- span event names -----------------------------------------------------------------------
@@ -79,6 +81,9 @@ OB_ROLLOUT_NAME: Final = "otelbridge.rollout.name"
 OB_CONTAINER_KIND: Final = "otelbridge.container.kind"
 OB_SLA_BREACHED: Final = "otelbridge.sla.breached"
 OB_GC_OVERLAP: Final = "otelbridge.gc.overlap"
+OB_GC_SNAPSHOT_KEY: Final = "otelbridge.gc.snapshot_key"
+OB_GC_DEGRADED: Final = "otelbridge.gc.degraded"
+OB_GC_LEAKED: Final = "otelbridge.gc.leaked"
 OB_POD_CONTAINERS: Final = "otelbridge.pod.containers"
 
 CONTAINER_RUNTIME_VALUE: Final = "containerd"
@@ -117,6 +122,9 @@ SPAN_ATTRIBUTES: Final = (
     OB_POD_CONTAINERS,
     OB_SLA_BREACHED,
     OB_GC_OVERLAP,
+    OB_GC_SNAPSHOT_KEY,
+    OB_GC_DEGRADED,
+    OB_GC_LEAKED,
 )
 RESOURCE_ATTRIBUTES: Final = (SERVICE_NAME, HOST_NAME, K8S_NODE_NAME)
 
@@ -249,6 +257,26 @@ READINESS_INVALID_TARGET = _counter(
     "readiness targets ignored as malformed (not tcp://HOST:PORT or http://HOST:PORT/PATH)",
     "{target}",
 )
+GC_RECLAIMS = _counter(
+    "otelbridge.gc.reclaims",
+    "container snapshots reclaimed: snapshot.reclaim spans (deletion -> /snapshot/remove)",
+    "{snapshot}",
+)
+GC_DEGRADED = _counter(
+    "otelbridge.gc.degraded",
+    "snapshot reclaims slower than sla.gc_reclaim_max_s (gc_degraded; a leak counts as leaked)",
+    "{snapshot}",
+)
+GC_LEAKED = _counter(
+    "otelbridge.gc.leaked",
+    "container snapshots not removed sla.gc_leak_ttl_s after the container exited; once each",
+    "{snapshot}",
+)
+GC_EVICTED = _counter(
+    "otelbridge.gc.evicted",
+    "container snapshots no longer followed for the GC budget: the tracked-container limit",
+    "{snapshot}",
+)
 
 COUNTERS: Final = (
     EVENTS_RECEIVED,
@@ -282,4 +310,99 @@ COUNTERS: Final = (
     KUBERNETES_API_ERRORS,
     READINESS_PROBES,
     READINESS_INVALID_TARGET,
+    GC_RECLAIMS,
+    GC_DEGRADED,
+    GC_LEAKED,
+    GC_EVICTED,
 )
+
+
+# -- metrics (otelbridge.emit.metrics) ----------------------------------------------------------
+# Every counter above is also an OpenTelemetry observable counter of the same name and unit.
+# The instruments below exist only as metrics.
+
+#: Metric attribute: which budget an ``otelbridge.sla.verdict`` point is about (a duration
+#: budget of :data:`otelbridge.sla.DURATIONS`, or ``coverage``).
+OB_SLA_BUDGET: Final = "otelbridge.sla.budget"
+
+#: Attribute keys metric points carry. Never pod or container names: one time series per
+#: namespace (and budget) keeps the cardinality bounded.
+METRIC_ATTRIBUTES: Final = (CONTAINERD_NAMESPACE, K8S_NAMESPACE_NAME, OB_SLA_BUDGET)
+
+#: Bucket boundaries of a duration histogram as multiples of its budget: the budget itself
+#: (1) is always a boundary, with resolution around it (0.5, 0.75, 1.5, 2), room for
+#: startups 10x too slow, and down to 1/200 of it for the fast ones (a 4 s startup budget
+#: still resolves 20 ms startups; a 1 s task_create_to_ready budget, 5 ms).
+BUDGET_BUCKET_FACTORS: Final = (
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    0.75,
+    1.0,
+    1.5,
+    2.0,
+    5.0,
+    10.0,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class HistogramDecl:
+    """A duration histogram: name, unit (UCUM), what one sample is, and the budget
+    (a name of :data:`otelbridge.sla.DURATIONS`) its buckets are placed around."""
+
+    name: str
+    unit: str
+    description: str
+    budget: str
+    factors: tuple[float, ...] = BUDGET_BUCKET_FACTORS
+
+    def boundaries(self, budget_s: float) -> tuple[float, ...]:
+        """The explicit bucket boundaries for a budget of ``budget_s`` seconds (> 0):
+        ``budget_s`` times each factor, rounded to 6 significant digits, ascending."""
+        return tuple(sorted({float(f"{budget_s * f:.6g}") for f in self.factors}))
+
+
+STARTUP_DURATION_HISTOGRAM = HistogramDecl(
+    "otelbridge.startup.duration",
+    "s",
+    "startup_duration of each ready startup whose first events were seen: first event -> ready",
+    "startup_duration",
+)
+SHIM_LAUNCH_HISTOGRAM = HistogramDecl(
+    "otelbridge.shim_launch.duration",
+    "s",
+    "shim_launch_time of each startup: /containers/create -> /tasks/create",
+    "shim_launch_time",
+)
+TASK_CREATE_TO_READY_HISTOGRAM = HistogramDecl(
+    "otelbridge.task_create_to_ready.duration",
+    "s",
+    "task_create_to_ready of each ready startup: /tasks/create -> ready",
+    "task_create_to_ready",
+)
+HISTOGRAMS: Final = (
+    STARTUP_DURATION_HISTOGRAM,
+    SHIM_LAUNCH_HISTOGRAM,
+    TASK_CREATE_TO_READY_HISTOGRAM,
+)
+
+#: Values of ``otelbridge.sla.verdict`` (a verdict of :class:`otelbridge.sla.Verdict`).
+SLA_VERDICT_VALUES: Final = {"pass": 0, "breach": 1, "insufficient": 2}
+
+SLA_COVERAGE = MetricDecl(
+    "otelbridge.sla.coverage",
+    "1",
+    "startups fully traced / startups seen in the SLA window, per containerd namespace",
+)
+SLA_VERDICT = MetricDecl(
+    "otelbridge.sla.verdict",
+    "{verdict}",
+    "SLA verdict per containerd namespace and budget over the window: "
+    "0 pass, 1 breach, 2 insufficient (too few samples)",
+)
+GAUGES: Final = (SLA_COVERAGE, SLA_VERDICT)

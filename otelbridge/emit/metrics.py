@@ -1,0 +1,857 @@
+"""The bridge's metrics, through the OpenTelemetry metrics SDK.
+
+One SDK :class:`~opentelemetry.sdk.metrics.MeterProvider` per bridge (never the global
+one), with the instruments of :mod:`otelbridge.emit.semconv` (every name, unit,
+description and bucket factor is declared there, and documented in docs/telemetry.md):
+
+* histograms of the three SLA durations (``otelbridge.startup.duration``,
+  ``otelbridge.shim_launch.duration``, ``otelbridge.task_create_to_ready.duration``, in
+  seconds), recorded by :meth:`BridgeMetrics.record_startup` with ``containerd.namespace``
+  (and ``k8s.namespace.name`` for a pod's containers), on explicit buckets placed around
+  each configured budget (:meth:`~otelbridge.emit.semconv.HistogramDecl.boundaries`);
+* every counter of :data:`~otelbridge.emit.semconv.COUNTERS` as an observable counter of
+  the same name and unit, read from :class:`~otelbridge.stats.Counters` at collection;
+* observable gauges ``otelbridge.sla.coverage`` (per namespace) and
+  ``otelbridge.sla.verdict`` (per namespace and budget: 0 pass, 1 breach, 2 insufficient),
+  read from the SLA snapshot (the ``/v1/sla`` document) at collection.
+
+Readers, chosen by ``OTEL_METRICS_EXPORTER`` (a comma list; default ``otlp,prometheus``;
+``none`` for no metrics at all), see :class:`MetricsConfig`:
+
+* ``otlp``: a ``PeriodicExportingMetricReader`` with the SDK's OTLP metric exporter (gRPC,
+  or ``http/protobuf``), configured from ``OTEL_EXPORTER_OTLP_[METRICS_]*`` of the
+  ``environ`` given, every ``OTEL_METRIC_EXPORT_INTERVAL`` ms. Each setting otelbridge
+  reads is passed to the SDK explicitly; the SDK itself still looks in ``os.environ`` for
+  the few it alone knows (client certificates for mutual TLS, its Python credential
+  provider hooks);
+* ``prometheus``: an SDK ``InMemoryMetricReader`` collected on each request of the status
+  API's ``/metrics`` (:meth:`BridgeMetrics.prometheus_route`) and rendered here to the
+  Prometheus text exposition format 0.0.4 (:func:`render_prometheus`). Not the
+  ``opentelemetry-exporter-prometheus`` package: its reader registers itself on
+  ``prometheus_client``'s process-global registry, it is a pre-release versioned in step
+  with one SDK release, and it would bring a second metrics library in; three instrument
+  kinds render in a hundred lines with no dependency and no global state.
+
+Temporality is cumulative for every reader (what Prometheus needs, and what a collector
+converts from losslessly).
+
+Threads: :meth:`~BridgeMetrics.record_startup` runs on the pipeline's event thread; the
+observable callbacks run on whichever thread collects (the periodic reader's, or a status
+API thread for ``/metrics``); every public method is thread-safe and none raises, except
+the constructor, which raises :class:`~otelbridge.errors.ConfigError` listing every
+problem of the environment.
+
+Logging: with no collector listening, the SDK's OTLP exporters log a warning per retry and
+an error per failed export, every interval, forever. A filter on their loggers (and on the
+periodic reader's) lets the first line of each kind through, then at most one per
+:data:`EXPORT_LOG_INTERVAL_S` (5 min) saying how many were held back; DEBUG and INFO pass
+untouched. Errors are never silenced entirely: a collector that stays down is still said.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import re
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+import grpc
+from opentelemetry.metrics import CallbackOptions, Observation
+from opentelemetry.metrics import Histogram as HistogramInstrument
+from opentelemetry.proto.resource.v1.resource_pb2 import Resource
+from opentelemetry.sdk.metrics import (
+    Counter,
+    Histogram,
+    MeterProvider,
+    ObservableCounter,
+    ObservableGauge,
+    ObservableUpDownCounter,
+    UpDownCounter,
+)
+from opentelemetry.sdk.metrics.export import (
+    AggregationTemporality,
+    InMemoryMetricReader,
+    MetricExporter,
+    MetricReader,
+    MetricsData,
+    PeriodicExportingMetricReader,
+)
+from opentelemetry.sdk.metrics.export import Gauge as GaugeData
+from opentelemetry.sdk.metrics.export import Histogram as HistogramData
+from opentelemetry.sdk.metrics.export import Sum as SumData
+from opentelemetry.sdk.resources import Resource as SdkResource
+
+from otelbridge import __version__, sla
+from otelbridge.config import Config
+from otelbridge.emit import semconv
+from otelbridge.errors import ConfigError
+from otelbridge.export.otlp import parse_key_values
+from otelbridge.logutil import LogThrottle, ThrottledLogger
+from otelbridge.model import StartupRecord
+from otelbridge.stats import Counters
+
+__all__ = [
+    "DEFAULT_METRICS_EXPORTERS",
+    "METRICS_EXPORTER_NAMES",
+    "PROMETHEUS_CONTENT_TYPE",
+    "BridgeMetrics",
+    "MetricsConfig",
+    "prometheus_name",
+    "render_prometheus",
+]
+
+log = logging.getLogger(__name__)
+_tlog = ThrottledLogger(log)
+
+#: The values ``OTEL_METRICS_EXPORTER`` accepts (comma-separated).
+METRICS_EXPORTER_NAMES: Final = ("otlp", "prometheus", "none")
+#: What an unset ``OTEL_METRICS_EXPORTER`` means.
+DEFAULT_METRICS_EXPORTERS: Final = ("otlp", "prometheus")
+#: The content type of the text exposition format.
+PROMETHEUS_CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
+#: Repeated OTLP export failures are logged at most once per this many seconds per kind.
+EXPORT_LOG_INTERVAL_S: Final = 300.0
+#: What :meth:`BridgeMetrics.shutdown` allows the last OTLP export by default, in seconds:
+#: a listening collector takes milliseconds; one that is down would otherwise hold the
+#: exit for the exporter's retries (up to ``OTEL_EXPORTER_OTLP_TIMEOUT``, 10 s).
+DEFAULT_SHUTDOWN_TIMEOUT_S: Final = 2.0
+
+_DEFAULT_GRPC_ENDPOINT: Final = "http://localhost:4317"
+_DEFAULT_HTTP_ENDPOINT: Final = "http://localhost:4318/v1/metrics"
+_METRICS_PATH: Final = "/v1/metrics"
+_OTLP_PREFIX: Final = "OTEL_EXPORTER_OTLP_"
+_PROTOCOLS: Final = ("grpc", "http/protobuf")
+
+#: The SDK loggers that report OTLP metric export failures (see the module docstring).
+_EXPORT_LOGGERS: Final = (
+    "opentelemetry.exporter.otlp.proto.grpc.exporter",
+    "opentelemetry.exporter.otlp.proto.http.metric_exporter",
+    "opentelemetry.sdk.metrics._internal.export",
+)
+_CUMULATIVE: Final[dict[type, AggregationTemporality]] = {
+    kind: AggregationTemporality.CUMULATIVE
+    for kind in (
+        Counter,
+        UpDownCounter,
+        Histogram,
+        ObservableCounter,
+        ObservableUpDownCounter,
+        ObservableGauge,
+    )
+}
+
+
+# -- configuration ----------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class MetricsConfig:
+    """Which metric readers run and where OTLP metrics go. Defaults live here only."""
+
+    exporters: tuple[str, ...] = DEFAULT_METRICS_EXPORTERS
+    """Readers to run: ``otlp``, ``prometheus``; empty (``OTEL_METRICS_EXPORTER=none``)
+    runs no metrics at all."""
+
+    export_interval_s: float = 60.0
+    """Time between two OTLP exports (``OTEL_METRIC_EXPORT_INTERVAL``, milliseconds)."""
+
+    export_timeout_s: float = 30.0
+    """Time allowed for one collection and export (``OTEL_METRIC_EXPORT_TIMEOUT``, ms)."""
+
+    endpoint: str = _DEFAULT_GRPC_ENDPOINT
+    """OTLP target. gRPC: ``http://host:port`` (plaintext), ``https://host:port`` (TLS) or
+    ``host:port`` (TLS unless ``insecure``). HTTP: the complete metrics URL."""
+
+    protocol: str = "grpc"
+    """``grpc`` or ``http/protobuf``."""
+
+    headers: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    """Sent with every export (gRPC metadata, keys lowercased; or HTTP headers)."""
+
+    timeout_s: float = 10.0
+    """Time allowed for one OTLP export request, retries included (``_TIMEOUT``, ms)."""
+
+    insecure: bool = False
+    """gRPC only, for an endpoint without a scheme: plaintext instead of TLS."""
+
+    compression: str = "none"
+    """``gzip`` or ``none``."""
+
+    certificate: str | None = None
+    """PEM file of the CA(s) that sign the receiver's certificate; ``None``: the system's."""
+
+    def validate(self) -> list[str]:
+        """Every problem of this configuration (empty when it is usable)."""
+        problems: list[str] = []
+        unknown = [n for n in self.exporters if n not in METRICS_EXPORTER_NAMES or n == "none"]
+        if unknown:
+            problems.append(f"exporters: unknown {', '.join(map(repr, unknown))}")
+        for name in ("export_interval_s", "export_timeout_s", "timeout_s"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value <= 0:
+                problems.append(f"{name}: must be a positive duration")
+        if self.protocol not in _PROTOCOLS:
+            problems.append(f"protocol: {self.protocol!r} is not one of {', '.join(_PROTOCOLS)}")
+        else:
+            reason = _endpoint_problem(self.endpoint, self.protocol)
+            if reason:
+                problems.append(f"endpoint: {reason}")
+        if self.compression not in ("none", "gzip"):
+            problems.append(f"compression: {self.compression!r} is not one of none, gzip")
+        if self.certificate is not None and not os.path.isfile(self.certificate):
+            problems.append(f"certificate: {self.certificate!r} is not a readable file")
+        return problems
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> MetricsConfig:
+        """Reads ``OTEL_METRICS_EXPORTER``, ``OTEL_METRIC_EXPORT_INTERVAL`` /
+        ``_TIMEOUT`` and the ``OTEL_EXPORTER_OTLP_[METRICS_]*`` variables.
+
+        As for spans (:meth:`otelbridge.export.otlp.OtlpConfig.from_env`): the ``METRICS_``
+        variable of a setting wins over the generic one, empty values count as unset,
+        durations are milliseconds, headers are ``k=v,k2=v2`` percent-encoded. With
+        ``http/protobuf`` the generic endpoint is a base URL that gets ``/v1/metrics``;
+        ``OTEL_EXPORTER_OTLP_METRICS_ENDPOINT`` is used as is. The SDK has no OTLP/JSON
+        metric exporter: a generic ``OTEL_EXPORTER_OTLP_PROTOCOL=http/json`` (meant for
+        the spans) sends metrics as ``http/protobuf`` to the same receiver, while
+        ``OTEL_EXPORTER_OTLP_METRICS_PROTOCOL=http/json`` is an error.
+
+        Raises :class:`~otelbridge.errors.ConfigError` listing every invalid variable.
+        """
+        problems: list[str] = []
+
+        raw = _get(environ, "OTEL_METRICS_EXPORTER")
+        names: list[str] = []
+        for item in raw.split(",") if raw else DEFAULT_METRICS_EXPORTERS:
+            name = item.strip().lower()
+            if name and name not in names:
+                names.append(name)
+        unknown = [n for n in names if n not in METRICS_EXPORTER_NAMES]
+        if unknown:
+            problems.append(
+                f"OTEL_METRICS_EXPORTER: unknown exporter(s) {', '.join(map(repr, unknown))}; "
+                f"known: {', '.join(METRICS_EXPORTER_NAMES)}"
+            )
+        if "none" in names and len(names) > 1:
+            problems.append("OTEL_METRICS_EXPORTER: 'none' cannot be combined with others")
+        exporters = tuple(n for n in names if n in ("otlp", "prometheus"))
+        if not names:
+            exporters = DEFAULT_METRICS_EXPORTERS
+
+        interval_s = _millis(environ, "OTEL_METRIC_EXPORT_INTERVAL", 60.0, problems)
+        export_timeout_s = _millis(environ, "OTEL_METRIC_EXPORT_TIMEOUT", 30.0, problems)
+
+        name, raw = _lookup(environ, "PROTOCOL")
+        protocol = "grpc"
+        if raw is not None:
+            value = raw.lower()
+            if value in _PROTOCOLS:
+                protocol = value
+            elif value == "http/json" and name == _OTLP_PREFIX + "PROTOCOL":
+                protocol = "http/protobuf"
+            else:
+                problems.append(f"{name}: {raw!r} is not one of {', '.join(_PROTOCOLS)}")
+
+        endpoint = _DEFAULT_GRPC_ENDPOINT if protocol == "grpc" else _DEFAULT_HTTP_ENDPOINT
+        specific = _get(environ, _OTLP_PREFIX + "METRICS_ENDPOINT")
+        generic = _get(environ, _OTLP_PREFIX + "ENDPOINT")
+        if specific is not None:
+            endpoint, name = specific, _OTLP_PREFIX + "METRICS_ENDPOINT"
+        elif generic is not None:
+            name = _OTLP_PREFIX + "ENDPOINT"
+            endpoint = generic if protocol == "grpc" else generic.rstrip("/") + _METRICS_PATH
+        if specific is not None or generic is not None:
+            reason = _endpoint_problem(endpoint, protocol)
+            if reason:
+                problems.append(f"{name}: {reason}")
+
+        headers: dict[str, str] = {}
+        name, raw = _lookup(environ, "HEADERS")
+        if raw is not None:
+            headers, header_problems = parse_key_values(raw)
+            problems.extend(f"{name}: {p}" for p in header_problems)
+
+        timeout_s = 10.0
+        name, raw = _lookup(environ, "TIMEOUT")
+        if raw is not None:
+            timeout_s = _millis_value(name, raw, 10.0, problems)
+
+        insecure = False
+        name, raw = _lookup(environ, "INSECURE")
+        if raw is not None:
+            if raw.lower() in ("true", "false"):
+                insecure = raw.lower() == "true"
+            else:
+                problems.append(f"{name}: {raw!r} is neither true nor false")
+
+        compression = "none"
+        name, raw = _lookup(environ, "COMPRESSION")
+        if raw is not None:
+            if raw.lower() in ("gzip", "none"):
+                compression = raw.lower()
+            else:
+                problems.append(f"{name}: {raw!r} is not one of none, gzip")
+
+        name, certificate = _lookup(environ, "CERTIFICATE")
+        if certificate is not None and not os.path.isfile(certificate):
+            problems.append(f"{name}: {certificate!r} is not a readable file")
+
+        if problems:
+            raise ConfigError(problems)
+        return cls(
+            exporters=exporters,
+            export_interval_s=interval_s,
+            export_timeout_s=export_timeout_s,
+            endpoint=endpoint,
+            protocol=protocol,
+            headers=headers,
+            timeout_s=timeout_s,
+            insecure=insecure,
+            compression=compression,
+            certificate=certificate,
+        )
+
+
+def _get(environ: Mapping[str, str], name: str) -> str | None:
+    value = environ.get(name, "").strip()
+    return value or None
+
+
+def _lookup(environ: Mapping[str, str], setting: str) -> tuple[str, str | None]:
+    """The metrics-specific variable if set, else the generic one: (name, value)."""
+    specific = _OTLP_PREFIX + "METRICS_" + setting
+    value = _get(environ, specific)
+    if value is not None:
+        return specific, value
+    generic = _OTLP_PREFIX + setting
+    return generic, _get(environ, generic)
+
+
+def _millis(environ: Mapping[str, str], name: str, default_s: float, problems: list[str]) -> float:
+    raw = _get(environ, name)
+    return default_s if raw is None else _millis_value(name, raw, default_s, problems)
+
+
+def _millis_value(name: str, raw: str, default_s: float, problems: list[str]) -> float:
+    try:
+        value = float(raw) / 1000.0
+    except ValueError:
+        problems.append(f"{name}: {raw!r} is not a number of milliseconds")
+        return default_s
+    if not math.isfinite(value) or value <= 0:
+        problems.append(f"{name}: {raw!r}: must be a positive duration")
+        return default_s
+    return value
+
+
+def _endpoint_problem(endpoint: str, protocol: str) -> str | None:
+    url = endpoint
+    if "://" not in endpoint:
+        if protocol != "grpc":
+            return f"{endpoint!r} is not an http:// or https:// URL"
+        url = "http://" + endpoint  # gRPC's host:port form
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError as exc:
+        return f"{endpoint!r}: {exc}"
+    if parts.scheme not in ("http", "https"):
+        return f"{endpoint!r}: the scheme must be http or https"
+    if not parts.hostname:
+        return f"{endpoint!r} has no host"
+    return None
+
+
+def _otlp_exporter(config: MetricsConfig) -> MetricExporter:
+    """The SDK's OTLP metric exporter for ``config``, every setting passed explicitly."""
+    if config.protocol == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import (  # noqa: PLC0415
+            OTLPMetricExporter as GrpcMetricExporter,
+        )
+
+        scheme = config.endpoint.split("://", 1)[0] if "://" in config.endpoint else ""
+        insecure = scheme == "http" or (not scheme and config.insecure)
+        credentials = None
+        if not insecure:
+            root = None
+            if config.certificate is not None:
+                with open(config.certificate, "rb") as f:
+                    root = f.read()
+            credentials = grpc.ssl_channel_credentials(root_certificates=root)
+        return GrpcMetricExporter(
+            endpoint=config.endpoint,
+            insecure=insecure,
+            credentials=credentials,
+            headers={k.lower(): v for k, v in config.headers.items()},
+            timeout=config.timeout_s,
+            compression=(
+                grpc.Compression.Gzip
+                if config.compression == "gzip"
+                else grpc.Compression.NoCompression
+            ),
+            preferred_temporality=_CUMULATIVE,
+        )
+    from opentelemetry.exporter.otlp.proto.http import Compression  # noqa: PLC0415
+    from opentelemetry.exporter.otlp.proto.http.metric_exporter import (  # noqa: PLC0415
+        OTLPMetricExporter as HttpMetricExporter,
+    )
+
+    return HttpMetricExporter(
+        endpoint=config.endpoint,
+        certificate_file=config.certificate,
+        headers=dict(config.headers),
+        timeout=config.timeout_s,
+        compression=Compression.Gzip if config.compression == "gzip" else Compression.NoCompression,
+        preferred_temporality=_CUMULATIVE,
+    )
+
+
+# -- quiet export logs ----------------------------------------------------------------------
+class _ThrottleExportLogs(logging.Filter):
+    """Per logger and message template, lets the first WARNING-or-worse record through,
+    then at most one per interval, noting how many were held back (module docstring)."""
+
+    def __init__(self, interval_s: float = EXPORT_LOG_INTERVAL_S) -> None:
+        super().__init__()
+        self._interval_s = interval_s
+        self._throttles: dict[tuple[str, str], LogThrottle] = {}
+        self._lock = threading.Lock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        key = (record.name, str(record.msg))
+        with self._lock:
+            throttle = self._throttles.get(key)
+            if throttle is None:
+                throttle = self._throttles[key] = LogThrottle(self._interval_s)
+        n = throttle.ready()
+        if n is None:
+            return False
+        if n > 1:
+            # no '%' added: the record's own args still format the message
+            record.msg = f"{record.msg} ({n - 1} similar messages held back)"
+        return True
+
+
+_export_log_filter = _ThrottleExportLogs()
+_filter_lock = threading.Lock()
+
+
+def _quiet_export_logs() -> None:
+    """Installs the throttling filter on the SDK's export loggers, once per process."""
+    with _filter_lock:
+        for name in _EXPORT_LOGGERS:
+            logger = logging.getLogger(name)
+            if _export_log_filter not in logger.filters:
+                logger.addFilter(_export_log_filter)
+
+
+# -- the metrics stage ----------------------------------------------------------------------
+class BridgeMetrics:
+    """The bridge's meter provider, instruments and readers (see the module docstring).
+
+    Usage (app.py)::
+
+        metrics = BridgeMetrics(config, counters, pipeline.sla.snapshot, environ=env,
+                                resource=resource)
+        Pipeline(..., on_measured=metrics.record_startup)
+        StatusServer(..., routes={"/metrics": metrics.prometheus_route})
+        ...
+        metrics.shutdown()    # after the pipeline stopped: the last export has everything
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        counters: Counters,
+        sla_snapshot: Callable[[], Mapping[str, Any]],
+        *,
+        environ: Mapping[str, str] | None = None,
+        resource: Resource | None = None,
+        resource_attributes: Mapping[str, str] | None = None,
+        metrics_config: MetricsConfig | None = None,
+    ) -> None:
+        """Builds the provider and starts its readers (the OTLP one exports from a thread
+        of its own from now on).
+
+        ``sla_snapshot`` returns the ``/v1/sla`` document (:meth:`otelbridge.sla.
+        SlaTracker.snapshot`); it is called at each collection, from the collecting
+        thread. The resource is, by precedence: ``resource_attributes``; else the
+        attributes of ``resource`` (the spans' protobuf ``Resource``, so metrics and spans
+        share one); else :func:`otelbridge.export.factory.build_resource` of ``environ``
+        (``service.name`` = ``containerd`` unless ``OTEL_SERVICE_NAME``, ``host.name``,
+        ``OTEL_RESOURCE_ATTRIBUTES``). ``metrics_config`` overrides what ``environ``
+        (default ``os.environ``) says. Raises :class:`~otelbridge.errors.ConfigError`
+        listing every problem of either.
+        """
+        env = os.environ if environ is None else environ
+        cfg = MetricsConfig.from_env(env) if metrics_config is None else metrics_config
+        problems = cfg.validate()
+        if problems:
+            raise ConfigError(problems)
+        self.config = cfg
+        self._counters = counters
+        self._sla_snapshot = sla_snapshot
+        limits = sla.budgets(config.sla)
+        self.boundaries: dict[str, tuple[float, ...]] = {
+            h.name: h.boundaries(limits[h.budget]) for h in semconv.HISTOGRAMS
+        }
+        """Bucket boundaries of each histogram, by metric name (budgets of ``config``)."""
+        self._lock = threading.Lock()
+        self._closed = False
+        self._prometheus: InMemoryMetricReader | None = None
+        self._provider: MeterProvider | None = None
+        self._histograms: dict[str, HistogramInstrument] = {}  # by sla duration name
+        if not cfg.exporters:
+            return
+
+        # before any reader starts a thread: OTEL_RESOURCE_ATTRIBUTES may be malformed
+        attributes = (
+            dict(resource_attributes)
+            if resource_attributes is not None
+            else _attributes_of(resource if resource is not None else _default_resource(env))
+        )
+        readers: list[MetricReader] = []
+        if "prometheus" in cfg.exporters:
+            # first: at shutdown it takes no time, the OTLP reader may take its timeout
+            self._prometheus = InMemoryMetricReader(preferred_temporality=_CUMULATIVE)
+            readers.append(self._prometheus)
+        if "otlp" in cfg.exporters:
+            _quiet_export_logs()
+            readers.append(
+                PeriodicExportingMetricReader(
+                    _otlp_exporter(cfg),
+                    export_interval_millis=cfg.export_interval_s * 1000.0,
+                    export_timeout_millis=cfg.export_timeout_s * 1000.0,
+                )
+            )
+        self._provider = MeterProvider(
+            metric_readers=readers,
+            resource=SdkResource(attributes),
+            shutdown_on_exit=False,  # shutdown() is the owner's job; no atexit surprises
+        )
+        meter = self._provider.get_meter(semconv.INSTRUMENTATION_SCOPE, __version__)
+        for decl in semconv.HISTOGRAMS:
+            self._histograms[decl.budget] = meter.create_histogram(
+                decl.name,
+                unit=decl.unit,
+                description=decl.description,
+                explicit_bucket_boundaries_advisory=self.boundaries[decl.name],
+            )
+        for counter in semconv.COUNTERS:
+            meter.create_observable_counter(
+                counter.name,
+                callbacks=[self._counter_callback(counter)],
+                unit=counter.unit,
+                description=counter.description,
+            )
+        meter.create_observable_gauge(
+            semconv.SLA_COVERAGE.name,
+            callbacks=[self._observe_coverage],
+            unit=semconv.SLA_COVERAGE.unit,
+            description=semconv.SLA_COVERAGE.description,
+        )
+        meter.create_observable_gauge(
+            semconv.SLA_VERDICT.name,
+            callbacks=[self._observe_verdicts],
+            unit=semconv.SLA_VERDICT.unit,
+            description=semconv.SLA_VERDICT.description,
+        )
+
+    # -- the event thread ---------------------------------------------------------------
+    def record_startup(self, record: StartupRecord, measured: Mapping[str, float]) -> None:
+        """Records one completed startup's durations (``{sla duration name: seconds}``,
+        :func:`otelbridge.sla.durations`) in the histograms, with the record's
+        ``containerd.namespace`` and, for a pod's container, ``k8s.namespace.name``.
+
+        The pipeline's ``on_measured`` hook: called on the event thread, cheap (one SDK
+        histogram update per duration), never raises (a failure is logged, throttled, and
+        counted in ``otelbridge.pipeline.errors``). Negative or non-finite durations (clock
+        trouble) are skipped. Does nothing after :meth:`shutdown` or with no readers."""
+        if not self._histograms or self._closed:
+            return
+        try:
+            attributes = {semconv.CONTAINERD_NAMESPACE: record.key.namespace}
+            info = record.info
+            if info is not None:
+                k8s_namespace = (
+                    info.pod.k8s_namespace
+                    if info.pod is not None
+                    else info.cri.pod_namespace
+                    if info.cri is not None
+                    else ""
+                )
+                if k8s_namespace:
+                    attributes[semconv.K8S_NAMESPACE_NAME] = k8s_namespace
+            for name, seconds in measured.items():
+                histogram = self._histograms.get(name)
+                if histogram is not None and 0.0 <= seconds < math.inf:
+                    histogram.record(seconds, attributes)
+        except Exception:
+            self._counters.inc(semconv.PIPELINE_ERRORS)
+            _tlog.log(
+                logging.ERROR,
+                "record",
+                "%s: could not record its metrics",
+                getattr(record, "key", record),
+                exc_info=True,
+            )
+
+    # -- observable callbacks (the collecting thread) ---------------------------------------
+    def _counter_callback(
+        self, counter: semconv.MetricDecl
+    ) -> Callable[[CallbackOptions], Iterable[Observation]]:
+        def observe(options: CallbackOptions) -> Iterable[Observation]:
+            return [Observation(self._counters.get(counter))]
+
+        return observe
+
+    def _namespaces(self) -> Mapping[str, Any]:
+        try:
+            namespaces = self._sla_snapshot().get("namespaces", {})
+        except Exception:
+            _tlog.log(logging.ERROR, "sla", "SLA snapshot for the metrics failed", exc_info=True)
+            return {}
+        return namespaces if isinstance(namespaces, Mapping) else {}
+
+    def _observe_coverage(self, options: CallbackOptions) -> Iterable[Observation]:
+        out = []
+        for namespace, figures in self._namespaces().items():
+            coverage = figures.get("coverage") if isinstance(figures, Mapping) else None
+            if isinstance(coverage, int | float):
+                out.append(Observation(coverage, {semconv.CONTAINERD_NAMESPACE: namespace}))
+        return out
+
+    def _observe_verdicts(self, options: CallbackOptions) -> Iterable[Observation]:
+        out = []
+        for namespace, figures in self._namespaces().items():
+            if not isinstance(figures, Mapping):
+                continue
+            verdicts: list[tuple[str, object]] = [
+                (budget, judged.get("verdict"))
+                for budget, judged in (figures.get("budgets") or {}).items()
+                if isinstance(judged, Mapping)
+            ]
+            verdicts.append((sla.COVERAGE, figures.get("coverage_verdict")))
+            for budget, verdict in verdicts:
+                code = semconv.SLA_VERDICT_VALUES.get(verdict) if isinstance(verdict, str) else None
+                if code is not None:
+                    attributes = {
+                        semconv.CONTAINERD_NAMESPACE: namespace,
+                        semconv.OB_SLA_BUDGET: budget,
+                    }
+                    out.append(Observation(code, attributes))
+        return out
+
+    # -- the status API -----------------------------------------------------------------
+    def prometheus_route(self) -> tuple[int, bytes, str]:
+        """The ``/metrics`` answer: ``(200, text exposition, content type)``; 404 when
+        ``prometheus`` is not among the readers, 503 after :meth:`shutdown`. Collects on
+        the calling thread (a status API thread); concurrent calls take turns. Never
+        raises."""
+        if self._prometheus is None:
+            return _text(404, "the prometheus metrics reader is off (OTEL_METRICS_EXPORTER)")
+        if self._closed:
+            return _text(503, "metrics are shut down")
+        try:
+            data = self._prometheus.get_metrics_data()
+            return 200, render_prometheus(data), PROMETHEUS_CONTENT_TYPE
+        except Exception:
+            _tlog.log(logging.ERROR, "scrape", "rendering /metrics failed", exc_info=True)
+            return _text(500, "internal error")
+
+    # -- lifecycle ----------------------------------------------------------------------
+    def force_flush(self, timeout_s: float = 10.0) -> bool:
+        """Collects now and hands the result to the OTLP exporter, on the calling thread.
+        True when every reader collected; False when one failed or took longer than
+        ``timeout_s``, with no readers, or after :meth:`shutdown`. An export that fails is
+        logged by the SDK's exporter, not reported here; its own timeout
+        (``OTEL_EXPORTER_OTLP_TIMEOUT``, retries included) bounds it. Never raises."""
+        if self._provider is None or self._closed:
+            return False
+        try:
+            return self._provider.force_flush(timeout_millis=timeout_s * 1000.0)
+        except Exception as exc:
+            log.warning("metrics flush failed: %s", exc)
+            return False
+
+    def shutdown(self, timeout_s: float = DEFAULT_SHUTDOWN_TIMEOUT_S) -> None:
+        """Exports the last collection over OTLP (at most ``timeout_s``, after which a
+        running export is cancelled) and stops every reader. Idempotent; never raises.
+        Afterwards :meth:`record_startup` does nothing and ``/metrics`` answers 503."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        if self._provider is None:
+            return
+        try:
+            self._provider.shutdown(timeout_millis=timeout_s * 1000.0)
+        except Exception as exc:
+            log.warning("metrics shutdown: %s", exc)
+
+
+def _text(code: int, body: str) -> tuple[int, bytes, str]:
+    return code, (body + "\n").encode(), "text/plain; charset=utf-8"
+
+
+def _default_resource(environ: Mapping[str, str]) -> Resource:
+    # imported here: export.factory pulls every span exporter in
+    from otelbridge.export.factory import build_resource  # noqa: PLC0415
+
+    return build_resource(environ)
+
+
+def _attributes_of(resource: Resource) -> dict[str, str]:
+    """The string attributes of a protobuf ``Resource`` (all of otelbridge's are)."""
+    return {kv.key: kv.value.string_value for kv in resource.attributes}
+
+
+# -- Prometheus text exposition format ---------------------------------------------------------
+_UNIT_SUFFIXES: Final = {
+    "s": "seconds",
+    "ms": "milliseconds",
+    "us": "microseconds",
+    "ns": "nanoseconds",
+    "By": "bytes",
+    "%": "percent",
+}
+_INVALID_NAME = re.compile(r"[^a-zA-Z0-9_:]+")
+_INVALID_LABEL = re.compile(r"[^a-zA-Z0-9_]+")
+
+
+def prometheus_name(name: str, unit: str, kind: str) -> str:
+    """The Prometheus metric name of an OpenTelemetry metric (the OpenTelemetry
+    specification's Prometheus compatibility rules): invalid characters become ``_``;
+    the unit, with its ``{annotations}`` dropped and ``s`` spelled ``seconds``, is
+    appended unless the name already ends with it (``1`` becomes ``ratio`` for gauges
+    only); ``kind`` ``counter`` adds ``_total``. ``kind``: ``counter``, ``gauge`` or
+    ``histogram``."""
+    out = _INVALID_NAME.sub("_", name).strip("_")
+    if out[:1].isdigit():
+        out = "_" + out
+    unit = re.sub(r"\{[^}]*\}", "", unit).strip()
+    if unit == "1":
+        unit = "ratio" if kind == "gauge" else ""
+    suffix = _INVALID_NAME.sub("_", _UNIT_SUFFIXES.get(unit, unit)).strip("_")
+    if suffix and not out.endswith("_" + suffix):
+        out += "_" + suffix
+    if kind == "counter" and not out.endswith("_total"):
+        out += "_total"
+    return out
+
+
+def _label_name(key: str) -> str:
+    out = _INVALID_LABEL.sub("_", key)
+    return "key_" + out if out[:1].isdigit() else out
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _value_text(value: object) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, Sequence):
+        return "[" + ",".join(_value_text(v) for v in value) + "]"
+    return str(value)
+
+
+def _labels(attributes: Mapping[str, object] | None, extra: str = "") -> str:
+    """``{k="v",...}`` (sorted; keys that sanitize alike are merged with ``;``)."""
+    merged: dict[str, list[str]] = {}
+    for key, value in sorted((attributes or {}).items()):
+        name = _label_name(key)
+        if name:
+            merged.setdefault(name, []).append(_value_text(value))
+    parts = [f'{k}="{_escape(";".join(v))}"' for k, v in sorted(merged.items())]
+    if extra:
+        parts.append(extra)
+    return "{" + ",".join(parts) + "}" if parts else ""
+
+
+def _number(value: float) -> str:
+    if isinstance(value, int):
+        return str(value)
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    return repr(float(value))
+
+
+def render_prometheus(data: MetricsData | None) -> bytes:
+    """Cumulative SDK metrics as the Prometheus text exposition format 0.0.4.
+
+    Sums become ``counter`` (monotonic, ``_total``) or ``gauge``; gauges ``gauge``;
+    explicit-bucket histograms ``histogram`` with cumulative ``_bucket{le=...}`` series
+    ending at ``le="+Inf"``, then ``_sum`` and ``_count``. Names follow
+    :func:`prometheus_name`; attribute keys become label names with invalid characters
+    replaced by ``_``. The resource's attributes are a ``target_info`` gauge. A metric
+    whose name a metric of another kind already took is left out (logged at debug)."""
+    families: dict[str, tuple[str, str, list[str]]] = {}  # name -> (type, help, samples)
+    target: dict[str, object] = {}
+    for resource_metrics in data.resource_metrics if data is not None else ():
+        target.update(resource_metrics.resource.attributes)
+        for scope_metrics in resource_metrics.scope_metrics:
+            for metric in scope_metrics.metrics:
+                _render_metric(
+                    metric.name, metric.unit or "", metric.description or "", metric.data, families
+                )
+    lines: list[str] = []
+    if target:
+        lines += [
+            "# HELP target_info Target metadata",
+            "# TYPE target_info gauge",
+            f"target_info{_labels(target)} 1",
+        ]
+    for name, (kind, description, samples) in families.items():
+        help_text = description.replace("\\", "\\\\").replace("\n", "\\n")
+        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", *samples]
+    return ("\n".join(lines) + "\n").encode() if lines else b""
+
+
+def _render_metric(
+    otel_name: str,
+    unit: str,
+    description: str,
+    data: object,
+    families: dict[str, tuple[str, str, list[str]]],
+) -> None:
+    if isinstance(data, SumData):
+        kind = "counter" if data.is_monotonic else "gauge"
+    elif isinstance(data, GaugeData):
+        kind = "gauge"
+    elif isinstance(data, HistogramData):
+        kind = "histogram"
+    else:
+        log.debug("metric %s: %s is not rendered for Prometheus", otel_name, type(data).__name__)
+        return
+    name = prometheus_name(otel_name, unit, kind)
+    family = families.setdefault(name, (kind, description, []))
+    if family[0] != kind:
+        log.debug("metric %s: %s already names a %s", otel_name, name, family[0])
+        return
+    samples = family[2]
+    if isinstance(data, HistogramData):
+        for point in data.data_points:
+            cumulative = 0
+            for bound, count in zip(point.explicit_bounds, point.bucket_counts, strict=False):
+                cumulative += count
+                le = f'le="{_number(float(bound))}"'
+                samples.append(f"{name}_bucket{_labels(point.attributes, le)} {cumulative}")
+            inf = 'le="+Inf"'
+            samples.append(f"{name}_bucket{_labels(point.attributes, inf)} {point.count}")
+            samples.append(f"{name}_sum{_labels(point.attributes)} {_number(point.sum)}")
+            samples.append(f"{name}_count{_labels(point.attributes)} {point.count}")
+        return
+    assert isinstance(data, SumData | GaugeData)
+    for number in data.data_points:
+        samples.append(f"{name}{_labels(number.attributes)} {_number(number.value)}")
