@@ -118,6 +118,34 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--no-color", action="store_true", help="plain text output")
     demo.add_argument("-v", "--verbose", action="count", default=0)
     _exporting(demo)
+
+    sla = sub.add_parser(
+        "sla",
+        help="the SLA report: verdicts per namespace as a table, JSON or an HTML page",
+        description="Judges the startup SLA per namespace (docs/sla.md). Exit code: 0 every "
+        "namespace passes, 1 a namespace breaches (or the source cannot be read), 2 bad "
+        "usage or not enough data to judge a namespace.",
+    )
+    _common(sla, address=False)
+    source = sla.add_mutually_exclusive_group()
+    source.add_argument(
+        "--from",
+        dest="from_url",
+        metavar="URL",
+        help="a running bridge's status API: http://HOST:PORT[/v1/sla] or HOST:PORT "
+        "(default: http://$OTELBRIDGE_HTTP_ADDR/v1/sla, else http://127.0.0.1:9464/v1/sla); "
+        "its own budgets and rolling window apply",
+    )
+    source.add_argument(
+        "--spans",
+        metavar="FILE",
+        help="a jsonl span file (otelbridge run --exporter jsonl --jsonl-path FILE; - for "
+        "stdin), judged over all its spans with the budgets of --config",
+    )
+    sla.add_argument("--html", metavar="OUT", help="also write a self-contained HTML report")
+    sla.add_argument(
+        "--json", action="store_true", help="print the verdict JSON (/v1/sla's shape) instead"
+    )
     return parser
 
 
@@ -189,10 +217,13 @@ def cmd_run(args: argparse.Namespace) -> int:
             alive=lambda: not bridge.pipeline.stopped.is_set(),
             ready=bridge.pipeline.connected.is_set,
             sla=bridge.pipeline.sla.snapshot,
+            routes={"/metrics": bridge.metrics.prometheus_route} if bridge.metrics else None,
         )
         host, port = status.address[:2]
         _log.warning(
-            "status API on http://%s:%s/ (/healthz, /readyz, /v1/counters, /v1/sla)", host, port
+            "status API on http://%s:%s/ (/healthz, /readyz, /v1/counters, /v1/sla, /metrics)",
+            host,
+            port,
         )
         status.start()
     stop = threading.Event()
@@ -307,7 +338,53 @@ def cmd_demo(args: argparse.Namespace) -> int:
     )
 
 
-COMMANDS = {"run": cmd_run, "record": cmd_record, "replay": cmd_replay, "demo": cmd_demo}
+def cmd_sla(args: argparse.Namespace) -> int:
+    import json  # noqa: PLC0415 - only this command prints JSON
+
+    from otelbridge import report  # noqa: PLC0415 - matplotlib and friends only here
+
+    cfg = _config(args)
+    generated_at_ns = time.time_ns()
+    if args.spans is not None:
+        rep = report.read_span_file(
+            args.spans,
+            cfg.sla,
+            generated_at_ns=generated_at_ns,
+            namespaces=cfg.source.namespaces,
+        )
+    else:
+        if args.config is not None:
+            print(
+                "otelbridge sla: --config is not used with a bridge: its budgets apply",
+                file=sys.stderr,
+            )
+        addr = os.environ.get("OTELBRIDGE_HTTP_ADDR") or DEFAULT_HTTP_ADDR
+        rep = report.from_bridge(
+            report.sla_url(args.from_url, addr),
+            generated_at_ns=generated_at_ns,
+            namespaces=cfg.source.namespaces,
+        )
+    if args.html:
+        report.write_html(rep, args.html)
+    if args.json:
+        print(json.dumps(rep.verdict_json, indent=1))
+    else:
+        color = sys.stdout.isatty() and "NO_COLOR" not in os.environ
+        sys.stdout.write(report.render_table(rep, color=color))
+    if args.html:
+        print(f"wrote {args.html}", file=sys.stderr)
+    # every namespace passes: 0; any breaches: 1; else (too little data somewhere, or no
+    # namespace at all): 2, for a report never passes on too little data
+    return {"pass": EXIT_OK, "breach": EXIT_FAILED}.get(rep.verdict, EXIT_USAGE)
+
+
+COMMANDS = {
+    "run": cmd_run,
+    "record": cmd_record,
+    "replay": cmd_replay,
+    "demo": cmd_demo,
+    "sla": cmd_sla,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -12,6 +12,7 @@
     ├── ExportError              an exporter failed
     │   └── RetryableExportError     the collector asked to retry (UNAVAILABLE, 503, ...)
     ├── StateError               the state directory or database cannot be used
+    ├── ReportError              `otelbridge sla` cannot use its source or write its report
     └── EnvironmentProblem       the machine lacks something a command needs (demo)
 
 The hot path (decode, correlate, enrich, emit) does not raise these to its callers: it

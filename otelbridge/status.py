@@ -10,8 +10,9 @@ describe the node's workloads. Read-only, GET only.
 | ``/readyz`` | 200 once subscribed to containerd and listed it, 503 before |
 | ``/v1/counters`` | the bridge's counters as JSON |
 | ``/v1/sla`` | the SLA verdicts per namespace as JSON (:mod:`otelbridge.sla`) |
+| ``/metrics`` | the bridge's metrics in the Prometheus text format (``otelbridge run``) |
 
-Other routes (``/metrics``) are added by whoever serves them (``routes``).
+Routes beyond the first four are added by whoever serves them (``routes``).
 """
 
 from __future__ import annotations
