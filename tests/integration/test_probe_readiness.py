@@ -103,7 +103,12 @@ class PortWatcher:
 
 def spans_of(receiver: OtlpReceiver, cid: str, timeout_s: float) -> dict[str, ReceivedSpan]:
     spans = receiver.wait_for_spans(
-        lambda s: s.attributes.get(semconv.CONTAINER_ID) == cid, count=5, timeout_s=timeout_s
+        lambda s: (
+            s.name != semconv.SPAN_SNAPSHOT_RECLAIM
+            and s.attributes.get(semconv.CONTAINER_ID) == cid
+        ),
+        count=5,
+        timeout_s=timeout_s,
     )
     return {s.name: s for s in spans}
 
