@@ -23,6 +23,7 @@ import shutil
 import socket
 import subprocess
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -75,6 +76,8 @@ class Run:
     api_table: subprocess.CompletedProcess[str]
     api_html: Path
     tmp: Path
+    curl_sla: dict[str, object]  # GET /v1/sla, as `curl` would get it
+    metrics: str  # GET /metrics
 
 
 def _startups_written(path: Path) -> int:
@@ -142,7 +145,7 @@ def run(
     )
     daemon.args += ["--namespace", namespaces["slow"], "--namespace", namespaces["few"]]
     daemon.args += ["--exporter", "jsonl", "--jsonl-path", str(spans)]
-    daemon.env["OTEL_METRICS_EXPORTER"] = "none"
+    daemon.env["OTEL_METRICS_EXPORTER"] = "prometheus"  # no collector: /metrics only
     daemon.start()
     slow: list[str] = []
     try:
@@ -174,13 +177,52 @@ def run(
         table = sla_cli("--from", url, "--html", str(api_html))
         api_json = json.loads(answer.stdout)
         (tmp / "v1_sla.json").write_text(answer.stdout)  # kept for a look after a failure
+        with urllib.request.urlopen(url, timeout=10) as response:
+            curl_sla = json.load(response)
+        with urllib.request.urlopen(daemon.status_url() + "metrics", timeout=10) as response:
+            metrics = response.read().decode()
     finally:
         for cid in slow:  # after a failure above: leave nothing running
             containerd.ctr(
                 "tasks", "delete", "--force", cid, namespace=namespaces["slow"], check=False
             )
         daemon.stop()
-    yield Run(spans, config, url, namespaces, api_json, table, api_html, tmp)
+    yield Run(spans, config, url, namespaces, api_json, table, api_html, tmp, curl_sla, metrics)
+
+
+def test_the_status_api_gives_per_namespace_verdicts_coverage_gc_and_histograms(
+    run: Run,
+) -> None:
+    """The issue's bar: `curl localhost:PORT/v1/sla` during a real run, and /metrics."""
+    namespaces = run.curl_sla["namespaces"]
+    assert isinstance(namespaces, dict)
+    fast, slow, few = (namespaces[run.namespaces[r]] for r in ("fast", "slow", "few"))
+    assert (fast["verdict"], fast["startups"], fast["coverage"]) == ("pass", FAST, 1.0)
+    assert slow["verdict"] == "breach"
+    assert slow["budgets"]["task_create_to_ready"]["verdict"] == "breach"
+    assert slow["budgets"]["task_create_to_ready"]["p99_s"] > 1.0
+    assert slow["budgets"]["shim_launch_time"]["verdict"] == "pass"
+    assert (few["verdict"], few["startups"]) == ("insufficient", FEW)
+    # GC: the --rm containers and the deleted slow ones had their snapshots reclaimed
+    assert fast["gc"]["reclaims"] == FAST and fast["gc"]["leaked"] == 0
+    assert slow["gc"]["reclaims"] == SLOW
+    # /metrics: the histograms per namespace, and the verdict gauges
+    slow_ns = run.namespaces["slow"]
+    bucket = (
+        f'otelbridge_task_create_to_ready_duration_seconds_bucket{{containerd_namespace="{slow_ns}"'
+    )
+    assert bucket in run.metrics
+    fast_ns = run.namespaces["fast"]
+    count = f'otelbridge_startup_duration_seconds_count{{containerd_namespace="{fast_ns}"}}'
+    assert f"{count} {FAST}" in run.metrics
+    verdicts = [
+        line
+        for line in run.metrics.splitlines()
+        if line.startswith("otelbridge_sla_verdict")
+        and slow_ns in line
+        and "task_create_to_ready" in line
+    ]
+    assert verdicts and verdicts[0].endswith(" 1")  # 1 = breach
 
 
 def test_both_sources_give_the_same_verdicts(run: Run) -> None:
