@@ -50,15 +50,14 @@ from __future__ import annotations
 
 import heapq
 import logging
-import math
 import threading
 from bisect import bisect_left, bisect_right
 from collections import deque
-from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import count
 from typing import Any, NamedTuple
 
+from otelbridge import sla
 from otelbridge.clock import Clock
 from otelbridge.config import SlaConfig
 from otelbridge.emit import ids, semconv
@@ -184,14 +183,6 @@ class _Window:
         leaks = self.leaks
         while leaks and leaks[0] <= cutoff_ns:
             leaks.popleft()
-
-
-def p50(values: Sequence[float]) -> float:
-    """The median, nearest-rank (a value that occurred, never interpolated)."""
-    if not values:
-        raise ValueError("p50 of nothing")
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(0.5 * len(ordered)) - 1)]
 
 
 class GcTracker:
@@ -651,8 +642,8 @@ class GcTracker:
             "leaked_now_total": len(leaked_now),
             "leak_ttl_s": self._cfg.gc_leak_ttl_s,
             "overlapped_startups": sum(1 for _, o, _ in startups if o),
-            "create_p50_s_overlapped": p50(overlapped) if overlapped else None,
-            "create_p50_s_other": p50(others) if others else None,
+            "create_p50_s_overlapped": sla.p50(overlapped) if overlapped else None,
+            "create_p50_s_other": sla.p50(others) if others else None,
         }
 
     @property
@@ -671,4 +662,4 @@ def _link(key: ContainerKey, startup: _Startup | None) -> SpanRef | None:
     return SpanRef(trace_id, ids.span_id(identity, semconv.SPAN_CONTAINER_STARTUP))
 
 
-__all__ = ["GcTracker", "ReclaimRecord", "SpanRef", "p50"]
+__all__ = ["GcTracker", "ReclaimRecord", "SpanRef"]

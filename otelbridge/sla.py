@@ -86,6 +86,25 @@ def p99(values: Sequence[float]) -> float:
     return ordered[max(0, math.ceil(0.99 * len(ordered)) - 1)]
 
 
+def p50(values: Sequence[float]) -> float:
+    """The median, nearest-rank (a value that occurred, never interpolated)."""
+    if not values:
+        raise ValueError("p50 of nothing")
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(0.5 * len(ordered)) - 1)]
+
+
+def coverage_verdict(startups: int, traced: int, config: SlaConfig) -> tuple[float | None, str]:
+    """(coverage, verdict) of a namespace: insufficient below ``min_samples`` startups,
+    pass at ``coverage_min`` or more, else breach."""
+    coverage = traced / startups if startups else None
+    if startups < config.min_samples:
+        return coverage, Verdict.INSUFFICIENT.value
+    if coverage is not None and coverage >= config.coverage_min:
+        return coverage, Verdict.PASS.value
+    return coverage, Verdict.BREACH.value
+
+
 def judge(values: Sequence[float], budget: float, min_samples: int) -> dict[str, Any]:
     """One duration's verdict over a window of samples."""
     if len(values) < min_samples:
@@ -188,18 +207,12 @@ class SlaTracker:
         }
         seen = len(samples)
         traced = sum(1 for s in samples if s.traced)
-        coverage = traced / seen if seen else None
-        if seen < cfg.min_samples:
-            coverage_verdict = Verdict.INSUFFICIENT.value
-        elif coverage is not None and coverage >= cfg.coverage_min:
-            coverage_verdict = Verdict.PASS.value
-        else:
-            coverage_verdict = Verdict.BREACH.value
+        coverage, covered = coverage_verdict(seen, traced, cfg)
         return {
-            "verdict": overall([*(j["verdict"] for j in judged.values()), coverage_verdict]),
+            "verdict": overall([*(j["verdict"] for j in judged.values()), covered]),
             "startups": seen,
             "traced": traced,
             "coverage": coverage,
-            "coverage_verdict": coverage_verdict,
+            "coverage_verdict": covered,
             "budgets": judged,
         }

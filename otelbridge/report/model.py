@@ -12,7 +12,6 @@ span time range keeps the spans' integer nanoseconds.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
@@ -67,13 +66,6 @@ class StartupBars:
     phases: tuple[Phase, ...]
 
 
-def p50(values: Sequence[float]) -> float:
-    """The median, nearest rank (a value that occurred), as the bridge's ``/v1/sla``
-    computes ``create_p50_s_*``."""
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(0.5 * len(ordered)) - 1)]
-
-
 @dataclass(frozen=True, slots=True)
 class Spread:
     """A group of samples summed up: count, median and p99, both nearest rank (values
@@ -87,7 +79,7 @@ class Spread:
     def of(cls, values: Sequence[float]) -> Spread:
         if not values:
             return cls(0, None, None)
-        return cls(len(values), p50(values), sla.p99(values))
+        return cls(len(values), sla.p50(values), sla.p99(values))
 
 
 @dataclass(frozen=True, slots=True)

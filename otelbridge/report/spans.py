@@ -184,18 +184,6 @@ def _bars(root: Span, phases: Mapping[str, Span]) -> StartupBars:
     )
 
 
-def coverage_verdict(startups: int, traced: int, config: SlaConfig) -> tuple[float | None, str]:
-    """(coverage, verdict) of a namespace: the rule of
-    :class:`otelbridge.sla.SlaTracker` (insufficient below ``min_samples`` startups, pass
-    at ``coverage_min`` or more, else breach); tests keep the two equal."""
-    coverage = traced / startups if startups else None
-    if startups < config.min_samples:
-        return coverage, sla.Verdict.INSUFFICIENT.value
-    if coverage is not None and coverage >= config.coverage_min:
-        return coverage, sla.Verdict.PASS.value
-    return coverage, sla.Verdict.BREACH.value
-
-
 @dataclass
 class _Namespace:
     measured: list[dict[str, float]] = field(default_factory=list)
@@ -264,7 +252,7 @@ def from_spans(
             )
             for name in sla.DURATIONS
         }
-        coverage, cov_verdict = coverage_verdict(len(state.measured), state.traced, config)
+        coverage, cov_verdict = sla.coverage_verdict(len(state.measured), state.traced, config)
         gc[namespace] = GcFigures(
             reclaim_s=tuple(state.reclaim_s),
             degraded=state.degraded,

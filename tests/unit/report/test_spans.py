@@ -15,7 +15,8 @@ from otelbridge.enrich.tracecontext import TraceContext
 from otelbridge.export.files import read_jsonl
 from otelbridge.model import ContainerKey, StartupRecord
 from otelbridge.report import ReportError, Spread, collect, from_spans, read_span_file
-from otelbridge.report.spans import coverage_verdict, startup_record
+from otelbridge.report.spans import startup_record
+from otelbridge.sla import coverage_verdict
 from tests.unit.report import synth
 from tests.unit.report.conftest import RECLAIM_MS
 
