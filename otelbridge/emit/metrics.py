@@ -58,7 +58,6 @@ import re
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Final
-from urllib.parse import urlsplit
 
 import grpc
 from opentelemetry.metrics import CallbackOptions, Observation
@@ -90,7 +89,7 @@ from otelbridge import __version__, sla
 from otelbridge.config import Config
 from otelbridge.emit import semconv
 from otelbridge.errors import ConfigError
-from otelbridge.export.otlp import parse_key_values
+from otelbridge.export.otlp import endpoint_problem, parse_key_values
 from otelbridge.logutil import LogThrottle, ThrottledLogger
 from otelbridge.model import StartupRecord
 from otelbridge.stats import Counters
@@ -196,7 +195,7 @@ class MetricsConfig:
         if self.protocol not in _PROTOCOLS:
             problems.append(f"protocol: {self.protocol!r} is not one of {', '.join(_PROTOCOLS)}")
         else:
-            reason = _endpoint_problem(self.endpoint, self.protocol)
+            reason = endpoint_problem(self.endpoint, self.protocol)
             if reason:
                 problems.append(f"endpoint: {reason}")
         if self.compression not in ("none", "gzip"):
@@ -264,7 +263,7 @@ class MetricsConfig:
             name = _OTLP_PREFIX + "ENDPOINT"
             endpoint = generic if protocol == "grpc" else generic.rstrip("/") + _METRICS_PATH
         if specific is not None or generic is not None:
-            reason = _endpoint_problem(endpoint, protocol)
+            reason = endpoint_problem(endpoint, protocol)
             if reason:
                 problems.append(f"{name}: {reason}")
 
@@ -345,24 +344,6 @@ def _millis_value(name: str, raw: str, default_s: float, problems: list[str]) ->
         problems.append(f"{name}: {raw!r}: must be a positive duration")
         return default_s
     return value
-
-
-def _endpoint_problem(endpoint: str, protocol: str) -> str | None:
-    url = endpoint
-    if "://" not in endpoint:
-        if protocol != "grpc":
-            return f"{endpoint!r} is not an http:// or https:// URL"
-        url = "http://" + endpoint  # gRPC's host:port form
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 - raises ValueError on a bad port
-    except ValueError as exc:
-        return f"{endpoint!r}: {exc}"
-    if parts.scheme not in ("http", "https"):
-        return f"{endpoint!r}: the scheme must be http or https"
-    if not parts.hostname:
-        return f"{endpoint!r} has no host"
-    return None
 
 
 def _otlp_exporter(config: MetricsConfig) -> MetricExporter:

@@ -68,6 +68,8 @@ __all__ = [
     "OtlpHttpExporter",
     "OtlpProtocol",
     "create_exporter",
+    "endpoint_problem",
+    "parse_key_values",
 ]
 
 log = logging.getLogger(__name__)
@@ -135,7 +137,7 @@ class OtlpConfig:
         if self.protocol not in PROTOCOLS:
             problems.append(f"protocol: {self.protocol!r} is not one of {', '.join(PROTOCOLS)}")
         else:
-            reason = _endpoint_problem(self.endpoint, self.protocol)
+            reason = endpoint_problem(self.endpoint, self.protocol)
             if reason:
                 problems.append(f"endpoint: {reason}")
         for key in self.headers:
@@ -183,7 +185,7 @@ class OtlpConfig:
             name = _ENV_PREFIX + "ENDPOINT"
             endpoint = generic if protocol == "grpc" else generic.rstrip("/") + TRACES_PATH
         if specific is not None or generic is not None:
-            reason = _endpoint_problem(endpoint, protocol)
+            reason = endpoint_problem(endpoint, protocol)
             if reason:
                 problems.append(f"{name}: {reason}")
 
@@ -279,7 +281,8 @@ def parse_key_values(text: str) -> tuple[dict[str, str], list[str]]:
     return pairs, problems
 
 
-def _endpoint_problem(endpoint: str, protocol: str) -> str | None:
+def endpoint_problem(endpoint: str, protocol: str) -> str | None:
+    """Why ``endpoint`` is not a usable OTLP endpoint for ``protocol``, or None."""
     url = endpoint
     if "://" not in endpoint:
         if protocol != "grpc":
@@ -359,7 +362,7 @@ class OtlpGrpcExporter:
         max_reconnect_backoff_s: float = 5.0,
         channel_options: Sequence[tuple[str, Any]] = (),
     ) -> None:
-        reason = _endpoint_problem(endpoint, "grpc")
+        reason = endpoint_problem(endpoint, "grpc")
         if reason:
             raise ConfigError([f"endpoint: {reason}"])
         if "://" in endpoint:
@@ -577,7 +580,7 @@ class OtlpHttpExporter:
         compression: Compression = "none",
         certificate: str | None = None,
     ) -> None:
-        reason = _endpoint_problem(endpoint, protocol)
+        reason = endpoint_problem(endpoint, protocol)
         if reason:
             raise ConfigError([f"endpoint: {reason}"])
         parts = urllib.parse.urlsplit(endpoint)
