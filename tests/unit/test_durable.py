@@ -400,7 +400,7 @@ def test_a_reader_does_not_wait_for_an_open_write_transaction(
     try:
         started = time.monotonic()
         assert names(store.read_batch(10)) == ["span-000000"]  # the committed state only
-        assert time.monotonic() - started < 1.0  # not the 10 s busy timeout
+        assert time.monotonic() - started < 3.0  # not the 10 s busy timeout
     finally:
         writer.execute("ROLLBACK")
         writer.close()
@@ -598,7 +598,7 @@ def test_shutdown_with_the_receiver_down_returns_in_time_and_keeps_the_spans_on_
     started = time.monotonic()
     spool.shutdown(0.5)
     elapsed = time.monotonic() - started
-    assert 0.3 <= elapsed < 1.2, elapsed  # it kept trying for about the grace period
+    assert 0.3 <= elapsed < 2.5, elapsed  # it kept trying for about the grace period
     assert export_threads() == []
     spool.shutdown(0.5)  # idempotent
     store.close()
@@ -619,7 +619,7 @@ def test_shutdown_without_start_is_quick_and_idempotent(
     started = time.monotonic()
     spool.shutdown(5.0)
     spool.shutdown(5.0)
-    assert time.monotonic() - started < 1.0
+    assert time.monotonic() - started < 3.0  # not the 5 s grace: nothing to send
     assert stores(tmp_path).spooled == (1, SPAN_SIZE)  # left for the next start
 
 
@@ -662,8 +662,9 @@ def test_shutdown_with_a_slow_receiver_stops_sending_at_the_deadline(
     spool.shutdown(0.4)
     elapsed = time.monotonic() - started
     try:
-        # the deadline plus at most the one export that was under way
-        assert elapsed < 1.0, elapsed
+        # the deadline plus at most the one export that was under way (bound loose
+        # enough for a loaded machine; a missed deadline would take seconds more)
+        assert elapsed < 2.0, elapsed
         assert counters.get(semconv.SPANS_DROPPED) == 0
         assert len({s.name for s in receiver.spans()}) + stores(tmp_path).spooled[0] >= 20
     finally:

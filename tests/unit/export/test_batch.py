@@ -420,7 +420,9 @@ def test_force_flush_times_out_while_submit_never_blocks(grpc_receiver: OtlpRece
         started = time.monotonic()
         for i in range(100):
             processor.submit(make_spans(1, start=10 + i))
-        assert time.monotonic() - started < 0.2
+        # submit never waits for export: far from the 5 s the stuck call may take (a
+        # generous bound: a loaded CI machine must not make this flaky)
+        assert time.monotonic() - started < 1.0
         assert processor.force_flush(timeout_s=0.1) is False
         grpc_receiver.set_delay(0)
         assert processor.force_flush(timeout_s=5) is True

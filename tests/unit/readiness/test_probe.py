@@ -465,7 +465,7 @@ def test_shutdown_with_probes_running_is_prompt_and_final() -> None:
         time.sleep(0.3)
     finally:
         silent.close()
-    assert took < 1.0, took
+    assert took < 2.5, took  # prompt (loose for a loaded machine), not the probes' timeouts
     assert all(t < returned_ns for t in reports.arrived_ns)
     assert all(s.key.id.startswith("d") for s in reports.signals)
     assert counters.get(semconv.READINESS_PROBES) >= 8
