@@ -89,7 +89,7 @@ from otelbridge import __version__, sla
 from otelbridge.config import Config
 from otelbridge.emit import semconv
 from otelbridge.errors import ConfigError
-from otelbridge.export.otlp import endpoint_problem, parse_key_values
+from otelbridge.export.otlp import endpoint_problem, parse_key_values, signal_endpoint
 from otelbridge.logutil import LogThrottle, ThrottledLogger
 from otelbridge.model import StartupRecord
 from otelbridge.stats import Counters
@@ -254,18 +254,7 @@ class MetricsConfig:
             else:
                 problems.append(f"{name}: {raw!r} is not one of {', '.join(_PROTOCOLS)}")
 
-        endpoint = _DEFAULT_GRPC_ENDPOINT if protocol == "grpc" else _DEFAULT_HTTP_ENDPOINT
-        specific = _get(environ, _OTLP_PREFIX + "METRICS_ENDPOINT")
-        generic = _get(environ, _OTLP_PREFIX + "ENDPOINT")
-        if specific is not None:
-            endpoint, name = specific, _OTLP_PREFIX + "METRICS_ENDPOINT"
-        elif generic is not None:
-            name = _OTLP_PREFIX + "ENDPOINT"
-            endpoint = generic if protocol == "grpc" else generic.rstrip("/") + _METRICS_PATH
-        if specific is not None or generic is not None:
-            reason = endpoint_problem(endpoint, protocol)
-            if reason:
-                problems.append(f"{name}: {reason}")
+        endpoint = signal_endpoint(environ, "METRICS", _METRICS_PATH, protocol, problems)
 
         headers: dict[str, str] = {}
         name, raw = _lookup(environ, "HEADERS")

@@ -70,6 +70,7 @@ __all__ = [
     "create_exporter",
     "endpoint_problem",
     "parse_key_values",
+    "signal_endpoint",
 ]
 
 log = logging.getLogger(__name__)
@@ -176,18 +177,7 @@ class OtlpConfig:
             else:
                 problems.append(f"{name}: {raw!r} is not one of {', '.join(PROTOCOLS)}")
 
-        endpoint = DEFAULT_GRPC_ENDPOINT if protocol == "grpc" else DEFAULT_HTTP_ENDPOINT
-        specific = _get(environ, _ENV_PREFIX + "TRACES_ENDPOINT")
-        generic = _get(environ, _ENV_PREFIX + "ENDPOINT")
-        if specific is not None:
-            endpoint, name = specific, _ENV_PREFIX + "TRACES_ENDPOINT"
-        elif generic is not None:
-            name = _ENV_PREFIX + "ENDPOINT"
-            endpoint = generic if protocol == "grpc" else generic.rstrip("/") + TRACES_PATH
-        if specific is not None or generic is not None:
-            reason = endpoint_problem(endpoint, protocol)
-            if reason:
-                problems.append(f"{name}: {reason}")
+        endpoint = signal_endpoint(environ, "TRACES", TRACES_PATH, protocol, problems)
 
         headers: dict[str, str] = {}
         name, raw = _lookup(environ, "HEADERS")
@@ -279,6 +269,29 @@ def parse_key_values(text: str) -> tuple[dict[str, str], list[str]]:
             continue
         pairs[key] = urllib.parse.unquote(value.strip())
     return pairs, problems
+
+
+def signal_endpoint(
+    environ: Mapping[str, str], signal: str, path: str, protocol: str, problems: list[str]
+) -> str:
+    """The endpoint of one signal (``TRACES``, ``METRICS``) by the OTLP conventions:
+    ``OTEL_EXPORTER_OTLP_<SIGNAL>_ENDPOINT`` as is, else ``OTEL_EXPORTER_OTLP_ENDPOINT``
+    (with ``path`` appended for HTTP), else the default; an invalid one is added to
+    ``problems``."""
+    default_http = "http://localhost:4318" + path
+    endpoint = DEFAULT_GRPC_ENDPOINT if protocol == "grpc" else default_http
+    specific = _get(environ, f"{_ENV_PREFIX}{signal}_ENDPOINT")
+    generic = _get(environ, _ENV_PREFIX + "ENDPOINT")
+    if specific is not None:
+        endpoint, name = specific, f"{_ENV_PREFIX}{signal}_ENDPOINT"
+    elif generic is not None:
+        name = _ENV_PREFIX + "ENDPOINT"
+        endpoint = generic if protocol == "grpc" else generic.rstrip("/") + path
+    if specific is not None or generic is not None:
+        reason = endpoint_problem(endpoint, protocol)
+        if reason:
+            problems.append(f"{name}: {reason}")
+    return endpoint
 
 
 def endpoint_problem(endpoint: str, protocol: str) -> str | None:
