@@ -19,13 +19,13 @@ import tracemalloc
 
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
-from otelbridge.clock import EventTimeClock, SystemClock
-from otelbridge.config import Config, CorrelateConfig
-from otelbridge.correlate import Correlator
+from otelbridge.core.clock import EventTimeClock, SystemClock
+from otelbridge.core.config import Config, CorrelateConfig
+from otelbridge.core.counters import Counters
+from otelbridge.core.model import ContainerInfo, RawEnvelope
+from otelbridge.correlate.startups import Correlator
 from otelbridge.decode import Decoder
-from otelbridge.model import ContainerInfo, RawEnvelope
 from otelbridge.pipeline import Pipeline
-from otelbridge.stats import Counters
 from otelbridge.testing.events import Timeline
 
 

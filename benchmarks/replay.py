@@ -34,14 +34,14 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, set_span_in_context
 
-from otelbridge.clock import EventTimeClock
-from otelbridge.config import Config
-from otelbridge.emit import semconv
+from otelbridge.core import semconv
+from otelbridge.core.clock import EventTimeClock
+from otelbridge.core.config import Config
+from otelbridge.core.counters import Counters
+from otelbridge.core.model import ContainerInfo, RawEnvelope
 from otelbridge.emit.spans import kv
-from otelbridge.model import ContainerInfo, RawEnvelope
 from otelbridge.pipeline import Pipeline
 from otelbridge.source.recording import Recording
-from otelbridge.stats import Counters
 from otelbridge.testing.events import Timeline
 
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"

@@ -17,21 +17,21 @@ from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from otelbridge import __version__
-from otelbridge.clock import Clock, SystemClock
-from otelbridge.config import Config
 from otelbridge.containerd.client import ContainerdClient
+from otelbridge.core import semconv
+from otelbridge.core.clock import Clock, SystemClock
+from otelbridge.core.config import Config
+from otelbridge.core.counters import Counters
+from otelbridge.core.model import StartupRecord
 from otelbridge.durable import SpoolExporter, StateStore
-from otelbridge.emit import semconv
 from otelbridge.emit.metrics import BridgeMetrics
 from otelbridge.export import SpanExporter
 from otelbridge.export.batch import BatchConfig, BatchProcessor
 from otelbridge.export.factory import build_exporters, build_resource
-from otelbridge.model import StartupRecord
 from otelbridge.pipeline import MetadataLookup, Pipeline
 from otelbridge.readiness import ReadinessSource
 from otelbridge.readiness.probe import ProbeSource
 from otelbridge.source.live import LiveSource
-from otelbridge.stats import Counters
 
 
 def scope() -> InstrumentationScope:

@@ -18,9 +18,10 @@ from pathlib import Path
 
 from otelbridge import __version__
 from otelbridge.app import build_batch, build_live_bridge, containerd_client
-from otelbridge.clock import EventTimeClock, SystemClock
-from otelbridge.config import Config, load_config
-from otelbridge.errors import ConfigError, EnvironmentProblem, OtelbridgeError
+from otelbridge.core.clock import EventTimeClock, SystemClock
+from otelbridge.core.config import Config, load_config
+from otelbridge.core.counters import Counters
+from otelbridge.core.errors import ConfigError, EnvironmentProblem, OtelbridgeError
 from otelbridge.pipeline import Pipeline
 from otelbridge.source.live import LiveSource
 from otelbridge.source.recording import (
@@ -30,7 +31,6 @@ from otelbridge.source.recording import (
     open_text,
     read_events,
 )
-from otelbridge.stats import Counters
 from otelbridge.status import DEFAULT_HTTP_ADDR, StatusServer
 
 _log = logging.getLogger("otelbridge")

@@ -21,10 +21,10 @@ from typing import Any
 from otelbridge.containerd import topics
 from otelbridge.containerd._gen import otelbridge_events_pb2 as ev
 from otelbridge.containerd.records import timestamp_ns
-from otelbridge.emit import semconv
-from otelbridge.logutil import ThrottledLogger
-from otelbridge.model import EMPTY_MAP, EventKind, LifecycleEvent, RawEnvelope
-from otelbridge.stats import Counters
+from otelbridge.core import semconv
+from otelbridge.core.counters import Counters
+from otelbridge.core.logutil import ThrottledLogger
+from otelbridge.core.model import EMPTY_MAP, EventKind, LifecycleEvent, RawEnvelope
 
 _log = ThrottledLogger(logging.getLogger(__name__))
 

@@ -43,12 +43,12 @@ from opentelemetry.proto.common.v1.common_pb2 import InstrumentationScope
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
 
-from otelbridge.emit import semconv
-from otelbridge.errors import OtelbridgeError
+from otelbridge.core import semconv
+from otelbridge.core.counters import Counters
+from otelbridge.core.errors import OtelbridgeError
+from otelbridge.core.logutil import ThrottledLogger
+from otelbridge.core.model import ContainerKey, Outcome, StartupRecord
 from otelbridge.export import ExportResult, ReportsFeedback, SpanExporter
-from otelbridge.logutil import ThrottledLogger
-from otelbridge.model import ContainerKey, Outcome, StartupRecord
-from otelbridge.stats import Counters
 
 _log = logging.getLogger(__name__)
 _tlog = ThrottledLogger(_log)

@@ -38,32 +38,33 @@ from typing import Protocol
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from otelbridge import sla
-from otelbridge.clock import Clock, EventTimeClock, SystemClock
-from otelbridge.config import Config
-from otelbridge.correlate import Correlator
-from otelbridge.decode import Decoder
-from otelbridge.durable import StateRow, StateStore
-from otelbridge.emit import semconv
-from otelbridge.emit.reclaim import build_reclaim_span
-from otelbridge.emit.spans import build_pod_span, build_startup_spans
-from otelbridge.enrich.lookups import LookupPool
-from otelbridge.enrich.stage import Enricher
-from otelbridge.errors import NotFound
-from otelbridge.gc import GcTracker, ReclaimRecord
-from otelbridge.logutil import ThrottledLogger
-from otelbridge.model import (
+from otelbridge.core import semconv
+from otelbridge.core.clock import Clock, EventTimeClock, SystemClock
+from otelbridge.core.config import Config
+from otelbridge.core.counters import Counters
+from otelbridge.core.errors import NotFound
+from otelbridge.core.logutil import ThrottledLogger
+from otelbridge.core.model import (
     ContainerInfo,
     ContainerKey,
     Outcome,
     RawEnvelope,
     ReadySignal,
+    ReclaimRecord,
     ReconcileSnapshot,
     StartupRecord,
 )
-from otelbridge.pods import PodDirectory, PodStartup, PodTracker
+from otelbridge.correlate.gc import GcTracker
+from otelbridge.correlate.pods import PodDirectory, PodStartup, PodTracker
+from otelbridge.correlate.startups import Correlator
+from otelbridge.decode import Decoder
+from otelbridge.durable import StateRow, StateStore
+from otelbridge.emit.reclaim import build_reclaim_span
+from otelbridge.emit.spans import build_pod_span, build_startup_spans
+from otelbridge.enrich.lookups import LookupPool
+from otelbridge.enrich.stage import Enricher
 from otelbridge.readiness import SOURCE_STARTED, ReadinessRequest, ReadinessSource
 from otelbridge.sla import SlaTracker
-from otelbridge.stats import Counters
 
 _log = logging.getLogger(__name__)
 _tlog = ThrottledLogger(_log)

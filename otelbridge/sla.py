@@ -28,9 +28,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from otelbridge.clock import Clock
-from otelbridge.config import SlaConfig
-from otelbridge.model import Outcome, StartupRecord
+from otelbridge.core.clock import Clock
+from otelbridge.core.config import SlaConfig
+from otelbridge.core.model import Outcome, StartupRecord
 
 STARTUP_DURATION: Final = "startup_duration"
 SHIM_LAUNCH_TIME: Final = "shim_launch_time"

@@ -24,8 +24,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from otelbridge.errors import ConfigError
-from otelbridge.stats import Counters
+from otelbridge.core.counters import Counters
+from otelbridge.core.errors import ConfigError
 
 _log = logging.getLogger(__name__)
 DEFAULT_HTTP_ADDR = "127.0.0.1:9464"

@@ -2,10 +2,10 @@
 
 The bridge must never change containerd's state, so every call goes through one gRPC
 client interceptor holding an allow-list of read methods (:data:`ALLOWED_METHODS`);
-anything else is refused with :class:`~otelbridge.errors.MethodNotAllowed` before it
+anything else is refused with :class:`~otelbridge.core.errors.MethodNotAllowed` before it
 leaves the process. gRPC errors are translated at this edge: ``UNAVAILABLE`` and friends
-become :class:`~otelbridge.errors.ContainerdUnavailable`, ``NOT_FOUND`` becomes
-:class:`~otelbridge.errors.NotFound`.
+become :class:`~otelbridge.core.errors.ContainerdUnavailable`, ``NOT_FOUND`` becomes
+:class:`~otelbridge.core.errors.NotFound`.
 
 Addresses follow ``ctr``: a socket path (``/run/containerd/containerd.sock``) or a gRPC
 target with a scheme (``unix:///...``). Every call but ``Version`` carries containerd's
@@ -21,8 +21,13 @@ import grpc
 
 from otelbridge.containerd import records
 from otelbridge.containerd._gen import otelbridge_api_pb2 as api
-from otelbridge.errors import ContainerdError, ContainerdUnavailable, MethodNotAllowed, NotFound
-from otelbridge.model import ContainerInfo, RawEnvelope, TaskInfo
+from otelbridge.core.errors import (
+    ContainerdError,
+    ContainerdUnavailable,
+    MethodNotAllowed,
+    NotFound,
+)
+from otelbridge.core.model import ContainerInfo, RawEnvelope, TaskInfo
 
 M_SUBSCRIBE = "/containerd.services.events.v1.Events/Subscribe"
 M_CONTAINER_GET = "/containerd.services.containers.v1.Containers/Get"

@@ -23,8 +23,8 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from otelbridge.enrich.tracecontext import ENV_TRACEPARENT, ENV_TRACESTATE
-from otelbridge.model import EMPTY_MAP, ContainerInfo, CriInfo, TaskInfo, TaskState
+from otelbridge.core.model import EMPTY_MAP, ContainerInfo, CriInfo, TaskInfo, TaskState
+from otelbridge.core.tracecontext import ENV_TRACEPARENT, ENV_TRACESTATE
 
 #: the process environment variables kept by default (the OpenTelemetry carrier's)
 CARRIER_ENV = (ENV_TRACEPARENT, ENV_TRACESTATE)

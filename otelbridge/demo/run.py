@@ -27,14 +27,14 @@ from pathlib import Path
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from otelbridge.app import build_live_bridge
-from otelbridge.config import Config, CorrelateConfig, SourceConfig, StateConfig
+from otelbridge.core import semconv
+from otelbridge.core.config import Config, CorrelateConfig, SourceConfig, StateConfig
+from otelbridge.core.errors import EnvironmentProblem
+from otelbridge.core.model import StartupRecord
+from otelbridge.core.tracecontext import TraceContext
 from otelbridge.demo.waterfall import render
-from otelbridge.emit import semconv
 from otelbridge.emit.spans import provisioning_span
-from otelbridge.enrich.tracecontext import TraceContext
-from otelbridge.errors import EnvironmentProblem
 from otelbridge.export.memory import MemoryExporter
-from otelbridge.model import StartupRecord
 from otelbridge.testing.containerd import (
     PrivateContainerd,
     ensure_host_tools,

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
-from otelbridge.emit import semconv
+from otelbridge.core import semconv
 
 _BLOCKS = " ▏▎▍▌▋▊▉█"
 _COLORS = {

@@ -1,16 +1,16 @@
 """The bridge's metrics, through the OpenTelemetry metrics SDK.
 
 One SDK :class:`~opentelemetry.sdk.metrics.MeterProvider` per bridge (never the global
-one), with the instruments of :mod:`otelbridge.emit.semconv` (every name, unit,
+one), with the instruments of :mod:`otelbridge.core.semconv` (every name, unit,
 description and bucket factor is declared there, and documented in docs/telemetry.md):
 
 * histograms of the three SLA durations (``otelbridge.startup.duration``,
   ``otelbridge.shim_launch.duration``, ``otelbridge.task_create_to_ready.duration``, in
   seconds), recorded by :meth:`BridgeMetrics.record_startup` with ``containerd.namespace``
   (and ``k8s.namespace.name`` for a pod's containers), on explicit buckets placed around
-  each configured budget (:meth:`~otelbridge.emit.semconv.HistogramDecl.boundaries`);
-* every counter of :data:`~otelbridge.emit.semconv.COUNTERS` as an observable counter of
-  the same name and unit, read from :class:`~otelbridge.stats.Counters` at collection;
+  each configured budget (:meth:`~otelbridge.core.semconv.HistogramDecl.boundaries`);
+* every counter of :data:`~otelbridge.core.semconv.COUNTERS` as an observable counter of
+  the same name and unit, read from :class:`~otelbridge.core.counters.Counters` at collection;
 * observable gauges ``otelbridge.sla.coverage`` (per namespace) and
   ``otelbridge.sla.verdict`` (per namespace and budget: 0 pass, 1 breach, 2 insufficient),
   read from the SLA snapshot (the ``/v1/sla`` document) at collection.
@@ -38,7 +38,7 @@ converts from losslessly).
 Threads: :meth:`~BridgeMetrics.record_startup` runs on the pipeline's event thread; the
 observable callbacks run on whichever thread collects (the periodic reader's, or a status
 API thread for ``/metrics``); every public method is thread-safe and none raises, except
-the constructor, which raises :class:`~otelbridge.errors.ConfigError` listing every
+the constructor, which raises :class:`~otelbridge.core.errors.ConfigError` listing every
 problem of the environment.
 
 Logging: with no collector listening, the SDK's OTLP exporters log a warning per retry and
@@ -86,13 +86,13 @@ from opentelemetry.sdk.metrics.export import Sum as SumData
 from opentelemetry.sdk.resources import Resource as SdkResource
 
 from otelbridge import __version__, sla
-from otelbridge.config import Config
-from otelbridge.emit import semconv
-from otelbridge.errors import ConfigError
+from otelbridge.core import semconv
+from otelbridge.core.config import Config
+from otelbridge.core.counters import Counters
+from otelbridge.core.errors import ConfigError
+from otelbridge.core.logutil import LogThrottle, ThrottledLogger
+from otelbridge.core.model import StartupRecord
 from otelbridge.export.otlp import endpoint_problem, parse_key_values, signal_endpoint
-from otelbridge.logutil import LogThrottle, ThrottledLogger
-from otelbridge.model import StartupRecord
-from otelbridge.stats import Counters
 
 __all__ = [
     "DEFAULT_METRICS_EXPORTERS",
@@ -218,7 +218,7 @@ class MetricsConfig:
         the spans) sends metrics as ``http/protobuf`` to the same receiver, while
         ``OTEL_EXPORTER_OTLP_METRICS_PROTOCOL=http/json`` is an error.
 
-        Raises :class:`~otelbridge.errors.ConfigError` listing every invalid variable.
+        Raises :class:`~otelbridge.core.errors.ConfigError` listing every invalid variable.
         """
         problems: list[str] = []
 
@@ -455,7 +455,7 @@ class BridgeMetrics:
         share one); else :func:`otelbridge.export.factory.build_resource` of ``environ``
         (``service.name`` = ``containerd`` unless ``OTEL_SERVICE_NAME``, ``host.name``,
         ``OTEL_RESOURCE_ATTRIBUTES``). ``metrics_config`` overrides what ``environ``
-        (default ``os.environ``) says. Raises :class:`~otelbridge.errors.ConfigError`
+        (default ``os.environ``) says. Raises :class:`~otelbridge.core.errors.ConfigError`
         listing every problem of either.
         """
         env = os.environ if environ is None else environ

@@ -1,6 +1,6 @@
 """Emit: a reclaimed snapshot -> a ``snapshot.reclaim`` span.
 
-One span per container snapshot reclaimed (:class:`~otelbridge.gc.ReclaimRecord`): from
+One span per container snapshot reclaimed (:class:`~otelbridge.core.model.ReclaimRecord`): from
 the container's deletion to ``/snapshot/remove``, both envelope times. It is a trace of
 its own (PRODUCT.md section 4), with deterministic IDs derived from the namespace, the
 container id, the snapshot key and the deletion time, so a replay gives the same span.
@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
-from otelbridge.emit import ids, semconv
+from otelbridge.core import ids, semconv
+from otelbridge.core.model import ReclaimRecord
 from otelbridge.emit.spans import cached_kv, kv
-from otelbridge.gc import ReclaimRecord
 
 _SAMPLED = 0x01
 _HAS_IS_REMOTE = 0x100  # SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE_MASK (and "not remote")

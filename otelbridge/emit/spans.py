@@ -22,16 +22,14 @@ cost several times more per span than the replay budget allows (docs/design.md).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
-from otelbridge.emit import ids, semconv
-from otelbridge.enrich.tracecontext import TraceContext
-from otelbridge.model import Outcome, PodContext, StartupRecord
-
-AttrValue = str | bool | int | float | Sequence[str]
+from otelbridge.core import ids, semconv
+from otelbridge.core.ids import pod_parent
+from otelbridge.core.model import AttrValue, Enrichment, Outcome, PodContext, StartupRecord
+from otelbridge.core.tracecontext import TraceContext
 
 _HAS_IS_REMOTE = 0x100  # SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE_MASK
 _IS_REMOTE = 0x200  # SPAN_FLAGS_CONTEXT_IS_REMOTE_MASK
@@ -53,23 +51,6 @@ _OUTCOME_ERRORS = {
     Outcome.TIMEOUT: "the container was not ready within the startup timeout",
     Outcome.NOT_READY: "the readiness source gave up before the container was ready",
 }
-
-
-@dataclass(slots=True)
-class Enrichment:
-    """What the enrich stage adds to a record before its spans are built.
-
-    ``parent``: the provisioning span the startup becomes a child of (link policy
-    ``parent``); ``link``: the provisioning span the startup links to (policy ``link``).
-    At most one of them is set. ``attributes`` go on ``container.startup``;
-    ``phase_attributes`` on every phase span.
-    """
-
-    attributes: list[tuple[str, AttrValue]] = field(default_factory=list)
-    phase_attributes: list[tuple[str, AttrValue]] = field(default_factory=list)
-    parent: TraceContext | None = None
-    link: TraceContext | None = None
-    parent_is_remote: bool = True  # False when the parent is our own pod.startup
 
 
 def kv(key: str, value: AttrValue) -> KeyValue:
@@ -224,20 +205,6 @@ def build_startup_spans(rec: StartupRecord, enrichment: Enrichment) -> list[Span
             )
         )
     return [root, *children]
-
-
-def pod_parent(pod: PodContext, policy: str) -> TraceContext:
-    """The ``pod.startup`` span of ``pod`` as the parent its containers' spans name.
-
-    Its trace is the provisioning trace the pod's annotations name when the link policy
-    is ``parent`` and the context is valid, else the pod's own (deterministic) trace.
-    """
-    identity = ids.pod_identity(pod.key, pod.identity_ns)
-    span = ids.span_id(identity, semconv.SPAN_POD_STARTUP)
-    ctx = pod.trace.context if policy == "parent" else None
-    if ctx is not None:
-        return TraceContext(ctx.trace_id, span, ctx.trace_flags, ctx.trace_state)
-    return TraceContext(ids.trace_id(identity), span, _SAMPLED)
 
 
 def build_pod_span(

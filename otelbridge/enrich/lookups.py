@@ -16,11 +16,11 @@ import queue
 import threading
 from collections.abc import Callable, Iterable
 
-from otelbridge.emit import semconv
-from otelbridge.errors import NotFound
-from otelbridge.logutil import ThrottledLogger
-from otelbridge.model import ContainerInfo, ContainerKey
-from otelbridge.stats import Counters
+from otelbridge.core import semconv
+from otelbridge.core.counters import Counters
+from otelbridge.core.errors import NotFound
+from otelbridge.core.logutil import ThrottledLogger
+from otelbridge.core.model import ContainerInfo, ContainerKey
 
 _log = ThrottledLogger(logging.getLogger(__name__))
 

@@ -26,13 +26,21 @@ import threading
 from collections.abc import Mapping
 
 from otelbridge import sla
-from otelbridge.config import READINESS_LABEL, EnrichConfig, SlaConfig
-from otelbridge.emit import semconv
-from otelbridge.emit.spans import AttrValue, Enrichment, pod_parent
-from otelbridge.enrich.tracecontext import NOT_FOUND, Resolution, TraceContext, resolve
-from otelbridge.logutil import ThrottledLogger
-from otelbridge.model import EMPTY_MAP, ContainerInfo, Outcome, PodContext, StartupRecord
-from otelbridge.stats import Counters
+from otelbridge.core import semconv
+from otelbridge.core.config import READINESS_LABEL, EnrichConfig, SlaConfig
+from otelbridge.core.counters import Counters
+from otelbridge.core.ids import pod_parent
+from otelbridge.core.logutil import ThrottledLogger
+from otelbridge.core.model import (
+    EMPTY_MAP,
+    AttrValue,
+    ContainerInfo,
+    Enrichment,
+    Outcome,
+    PodContext,
+    StartupRecord,
+)
+from otelbridge.core.tracecontext import NOT_FOUND, Resolution, TraceContext, resolve
 
 _log = ThrottledLogger(logging.getLogger(__name__))
 _MAX_LABEL_KEY = 128

@@ -33,7 +33,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
 )
 
-from otelbridge.logutil import LogThrottle
+from otelbridge.core.logutil import LogThrottle
 
 
 class ExportResult(enum.Enum):

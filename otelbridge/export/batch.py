@@ -54,9 +54,10 @@ from opentelemetry.proto.common.v1.common_pb2 import InstrumentationScope
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
 
-from otelbridge.clock import Clock, SystemClock
-from otelbridge.emit.semconv import EXPORT_RETRIES, SPANS_DROPPED, SPANS_EXPORTED
-from otelbridge.errors import ConfigError, RetryableExportError
+from otelbridge.core.clock import Clock, SystemClock
+from otelbridge.core.counters import Counters
+from otelbridge.core.errors import ConfigError, RetryableExportError
+from otelbridge.core.semconv import EXPORT_RETRIES, SPANS_DROPPED, SPANS_EXPORTED
 from otelbridge.export import (
     NO_FEEDBACK,
     ExportFeedback,
@@ -65,7 +66,6 @@ from otelbridge.export import (
     ReportsFeedback,
     SpanExporter,
 )
-from otelbridge.stats import Counters
 
 __all__ = ["BatchConfig", "BatchProcessor"]
 
@@ -128,7 +128,7 @@ class BatchConfig:
         """Reads ``OTEL_BSP_MAX_QUEUE_SIZE``, ``OTEL_BSP_MAX_EXPORT_BATCH_SIZE`` and
         ``OTEL_BSP_SCHEDULE_DELAY`` (milliseconds); empty values count as unset.
 
-        Raises :class:`~otelbridge.errors.ConfigError` listing every invalid variable.
+        Raises :class:`~otelbridge.core.errors.ConfigError` listing every invalid variable.
         """
         problems: list[str] = []
         default = cls()

@@ -1,7 +1,7 @@
 """Exporters and the resource, built from the standard ``OTEL_*`` environment variables.
 
 Both functions read configuration only at startup and raise
-:class:`~otelbridge.errors.ConfigError` listing every problem found, so a bad deployment
+:class:`~otelbridge.core.errors.ConfigError` listing every problem found, so a bad deployment
 fails once with the whole list instead of one problem per restart.
 """
 
@@ -14,8 +14,8 @@ from collections.abc import Mapping
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 
-from otelbridge.emit.semconv import DEFAULT_SERVICE_NAME, HOST_NAME, SERVICE_NAME
-from otelbridge.errors import ConfigError
+from otelbridge.core.errors import ConfigError
+from otelbridge.core.semconv import DEFAULT_SERVICE_NAME, HOST_NAME, SERVICE_NAME
 from otelbridge.export import SpanExporter
 from otelbridge.export.files import ConsoleExporter, JsonlExporter, NoneExporter
 from otelbridge.export.otlp import OtlpConfig, create_exporter, parse_key_values
@@ -99,7 +99,7 @@ def build_resource(
     3. ``OTEL_RESOURCE_ATTRIBUTES`` (``k=v,k2=v2``, percent-decoded);
     4. ``OTEL_SERVICE_NAME`` for ``service.name``.
 
-    Every attribute is a string. Raises :class:`~otelbridge.errors.ConfigError` when an
+    Every attribute is a string. Raises :class:`~otelbridge.core.errors.ConfigError` when an
     entry of ``OTEL_RESOURCE_ATTRIBUTES`` is not ``key=value``.
     """
     attributes: dict[str, str] = {

@@ -32,7 +32,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
-from otelbridge.errors import DecodeError
+from otelbridge.core.errors import DecodeError
 from otelbridge.export import ExportResult
 
 __all__ = [
@@ -86,7 +86,7 @@ def from_otlp_json(obj: Mapping[str, Any]) -> ExportTraceServiceRequest:
     """Decodes an OTLP/JSON object into a request (the inverse of :func:`to_otlp_json`).
 
     Accepts lowerCamelCase and snake_case field names and ignores unknown fields, as the
-    OTLP/JSON rules require of receivers. Raises :class:`~otelbridge.errors.DecodeError`
+    OTLP/JSON rules require of receivers. Raises :class:`~otelbridge.core.errors.DecodeError`
     on anything else that does not fit (bad hex id, wrong types).
     """
     try:
@@ -141,7 +141,7 @@ def _id_fields_to_base64(obj: Mapping[str, Any]) -> dict[str, Any]:
 def read_jsonl(stream: TextIO) -> Iterator[ExportTraceServiceRequest]:
     """Yields the requests of an OTLP/JSON-lines stream; blank lines are skipped.
 
-    Raises :class:`~otelbridge.errors.DecodeError` naming the line that does not decode.
+    Raises :class:`~otelbridge.core.errors.DecodeError` naming the line that does not decode.
     """
     for lineno, line in enumerate(stream, start=1):
         if not line.strip():

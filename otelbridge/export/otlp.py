@@ -23,7 +23,7 @@ HTTP ``Retry-After``) is reported the same way. Retrying is the batch processor'
 
 Threading: ``export`` and ``last_feedback`` are called from the batch processor's thread
 only; ``shutdown`` may come from another thread and makes a running ``export`` fail fast.
-``export`` never raises. Constructors raise :class:`~otelbridge.errors.ConfigError` for an
+``export`` never raises. Constructors raise :class:`~otelbridge.core.errors.ConfigError` for an
 endpoint or certificate they cannot use: that is the configuration edge.
 """
 
@@ -53,7 +53,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 
 from otelbridge import __version__
-from otelbridge.errors import ConfigError
+from otelbridge.core.errors import ConfigError
 from otelbridge.export import NO_FEEDBACK, ExportFeedback, ExportResult, LogThrottle
 from otelbridge.export.files import to_otlp_json
 
@@ -165,7 +165,7 @@ class OtlpConfig:
         ``_TIMEOUT`` is in milliseconds and ``_HEADERS`` is ``k=v,k2=v2`` with
         percent-encoded keys and values.
 
-        Raises :class:`~otelbridge.errors.ConfigError` listing every invalid variable.
+        Raises :class:`~otelbridge.core.errors.ConfigError` listing every invalid variable.
         """
         problems: list[str] = []
 

@@ -11,7 +11,7 @@ that applies (PRODUCT.md section 5):
   ``http://HOST:PORT/PATH``) and the bridge probes it until it answers or the deadline.
 
 The pipeline arms a source when a container's task starts (:meth:`ReadinessSource.watch`)
-and the source reports back once with a :class:`~otelbridge.model.ReadySignal` (ready at
+and the source reports back once with a :class:`~otelbridge.core.model.ReadySignal` (ready at
 a time of the bridge's clock, or given up on). Reports go through the pipeline's queue,
 so they are handled on the event thread in order with the events.
 """
@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from otelbridge.model import ContainerInfo, ContainerKey, ReadySignal
+from otelbridge.core.model import ContainerInfo, ContainerKey, ReadySignal
 
 SOURCE_STARTED = "started"
 SOURCE_PROBE = "probe"

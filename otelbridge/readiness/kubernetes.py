@@ -69,14 +69,14 @@ from kubernetes.config.incluster_config import (
     InClusterConfigLoader,
 )
 
-from otelbridge.clock import Clock, SystemClock
-from otelbridge.config import ReadinessConfig
-from otelbridge.emit import semconv
-from otelbridge.errors import ConfigError
-from otelbridge.logutil import ThrottledLogger
-from otelbridge.model import ContainerInfo, ContainerKey, ReadySignal
+from otelbridge.core import semconv
+from otelbridge.core.clock import Clock, SystemClock
+from otelbridge.core.config import ReadinessConfig
+from otelbridge.core.counters import Counters
+from otelbridge.core.errors import ConfigError
+from otelbridge.core.logutil import ThrottledLogger
+from otelbridge.core.model import ContainerInfo, ContainerKey, ReadySignal
 from otelbridge.readiness import SOURCE_KUBERNETES, ReadinessRequest, Report
-from otelbridge.stats import Counters
 
 __all__ = ["KubernetesSource"]
 
@@ -213,7 +213,7 @@ class KubernetesSource:
     The client configuration is loaded here when ``config.kubernetes`` is set (a
     kubeconfig file when ``config.kubeconfig`` names one, else the in-cluster service
     account); a configuration that cannot be loaded raises
-    :class:`~otelbridge.errors.ConfigError`. Nothing is contacted before :meth:`start`.
+    :class:`~otelbridge.core.errors.ConfigError`. Nothing is contacted before :meth:`start`.
     """
 
     name = SOURCE_KUBERNETES

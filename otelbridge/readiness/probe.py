@@ -1,7 +1,7 @@
 """The ``probe`` readiness source: ready when the container's target answers.
 
 A container names its target in its ``otelbridge.io/readiness`` label or annotation
-(:attr:`~otelbridge.model.ContainerInfo.readiness`):
+(:attr:`~otelbridge.core.model.ContainerInfo.readiness`):
 
 * ``tcp://HOST:PORT``: ready when a connection is accepted;
 * ``http://HOST:PORT[/PATH][?QUERY]``: ready when ``GET PATH`` answers with a status
@@ -34,12 +34,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from otelbridge import __version__
-from otelbridge.config import ReadinessConfig
-from otelbridge.emit import semconv
-from otelbridge.logutil import ThrottledLogger
-from otelbridge.model import ContainerInfo, ContainerKey, ReadySignal
+from otelbridge.core import semconv
+from otelbridge.core.config import ReadinessConfig
+from otelbridge.core.counters import Counters
+from otelbridge.core.logutil import ThrottledLogger
+from otelbridge.core.model import ContainerInfo, ContainerKey, ReadySignal
 from otelbridge.readiness import SOURCE_PROBE, ReadinessRequest, Report
-from otelbridge.stats import Counters
 
 __all__ = ["DEADLINE_REASON", "ProbeSource", "ProbeTarget", "parse_target"]
 

@@ -36,7 +36,7 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
 from otelbridge import sla
-from otelbridge.emit import semconv
+from otelbridge.core import semconv
 from otelbridge.report import fmt
 from otelbridge.report.model import StartupBars
 

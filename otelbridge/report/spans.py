@@ -1,7 +1,7 @@
 """Source (b): a jsonl span file, as ``otelbridge run --exporter jsonl`` writes it.
 
 Per namespace, each ``container.startup`` span and its phase children are turned back
-into the :class:`~otelbridge.model.StartupRecord` moments they were built from (the
+into the :class:`~otelbridge.core.model.StartupRecord` moments they were built from (the
 inverse of :func:`otelbridge.emit.spans.build_startup_spans`), so the durations are
 measured by :func:`otelbridge.sla.durations` and judged by :func:`otelbridge.sla.judge`
 and :func:`otelbridge.sla.overall` exactly as the bridge judges them:
@@ -38,12 +38,12 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 from otelbridge import sla
-from otelbridge.config import SlaConfig
-from otelbridge.emit import semconv
+from otelbridge.core import semconv
+from otelbridge.core.config import SlaConfig
+from otelbridge.core.errors import DecodeError
+from otelbridge.core.model import ContainerKey, Outcome, StartupRecord
 from otelbridge.emit.spans import PHASES
-from otelbridge.errors import DecodeError
 from otelbridge.export.files import read_jsonl
-from otelbridge.model import ContainerKey, Outcome, StartupRecord
 from otelbridge.report.model import GcFigures, Phase, Report, StartupBars
 from otelbridge.report.verdicts import ReportError, report_from_json
 

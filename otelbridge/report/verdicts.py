@@ -13,7 +13,7 @@ from collections.abc import Collection, Mapping
 from typing import Any
 
 from otelbridge import sla
-from otelbridge.errors import OtelbridgeError
+from otelbridge.core.errors import OtelbridgeError
 from otelbridge.report.model import BudgetResult, NamespaceReport, Report, SourceKind
 
 _VERDICTS = frozenset(v.value for v in sla.Verdict)

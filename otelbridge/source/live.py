@@ -6,7 +6,7 @@ away, so every session goes:
 1. subscribe (optionally filtered to namespaces);
 2. wait ``subscribe_settle_s`` so the subscription is registered at containerd;
 3. list namespaces, containers and tasks, and hand the listing on as a
-   :class:`~otelbridge.model.ReconcileSnapshot` *before* any streamed event, so the
+   :class:`~otelbridge.core.model.ReconcileSnapshot` *before* any streamed event, so the
    correlator can report containers that started while nobody listened (partial);
 4. pass envelopes on until the stream ends.
 
@@ -31,14 +31,19 @@ from collections.abc import Callable
 
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_exponential
 
-from otelbridge.clock import Clock, SystemClock
-from otelbridge.config import SourceConfig
 from otelbridge.containerd.client import ContainerdClient, Subscription
-from otelbridge.emit import semconv
-from otelbridge.errors import ContainerdError
-from otelbridge.model import ContainerInfo, ContainerKey, ReconcileSnapshot, TaskInfo
-from otelbridge.pipeline import SourceItem
-from otelbridge.stats import Counters
+from otelbridge.core import semconv
+from otelbridge.core.clock import Clock, SystemClock
+from otelbridge.core.config import SourceConfig
+from otelbridge.core.counters import Counters
+from otelbridge.core.errors import ContainerdError
+from otelbridge.core.model import (
+    ContainerInfo,
+    ContainerKey,
+    ReconcileSnapshot,
+    SourceItem,
+    TaskInfo,
+)
 
 _log = logging.getLogger(__name__)
 _NS = 1_000_000_000

@@ -36,12 +36,12 @@ from typing import IO, Any
 
 from google.protobuf import json_format
 
+from otelbridge.core import semconv
+from otelbridge.core.counters import Counters
+from otelbridge.core.errors import NotFound
+from otelbridge.core.logutil import ThrottledLogger
+from otelbridge.core.model import ContainerInfo, CriInfo, LifecycleEvent, RawEnvelope
 from otelbridge.decode import MESSAGE_FOR_TOPIC, TYPE_URL_FOR_TOPIC, decode
-from otelbridge.emit import semconv
-from otelbridge.errors import NotFound
-from otelbridge.logutil import ThrottledLogger
-from otelbridge.model import ContainerInfo, CriInfo, LifecycleEvent, RawEnvelope
-from otelbridge.stats import Counters
 
 _log = ThrottledLogger(logging.getLogger(__name__))
 FORMAT = "otelbridge-recording"

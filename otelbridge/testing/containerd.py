@@ -14,7 +14,7 @@ Contracts:
 
 * Everything here needs root (containerd, runc, mounts) and the host tools checked by
   :func:`ensure_host_tools`; a missing piece raises
-  :class:`~otelbridge.errors.EnvironmentProblem` saying what to install.
+  :class:`~otelbridge.core.errors.EnvironmentProblem` saying what to install.
 * :meth:`PrivateContainerd.close` leaves nothing of the instance behind: no task, no
   process (containerd, shims, container processes), no mount under the base directory
   and, unless asked to keep it, no base directory. It is idempotent and works after a
@@ -51,7 +51,7 @@ from typing import Self
 import grpc
 
 from otelbridge.containerd._gen import otelbridge_api_pb2
-from otelbridge.errors import EnvironmentProblem, OtelbridgeError
+from otelbridge.core.errors import EnvironmentProblem, OtelbridgeError
 from otelbridge.testing.image import PAUSE_IMAGE, find_static_busybox
 
 __all__ = [
@@ -153,7 +153,7 @@ def ensure_host_tools(install: bool = False) -> None:
     With ``install=True`` and running as root, missing tools are installed with
     :data:`APT_INSTALL_COMMAND` (needs apt and a reachable Debian mirror; about 15 s).
     Otherwise, or if installing did not help, raises
-    :class:`~otelbridge.errors.EnvironmentProblem` naming what is missing and how to
+    :class:`~otelbridge.core.errors.EnvironmentProblem` naming what is missing and how to
     install it. Returns None when everything is present.
     """
     missing = missing_host_tools()
@@ -433,7 +433,7 @@ state = "{b}/state"
     def start(self, timeout: float = 20.0) -> None:
         """Launches containerd and returns once its Version RPC answers.
 
-        Raises :class:`~otelbridge.errors.EnvironmentProblem` when not root or a host tool
+        Raises :class:`~otelbridge.core.errors.EnvironmentProblem` when not root or a host tool
         is missing, and :class:`ContainerdStartError` (with the tail of the log) when
         containerd exits or does not answer within ``timeout`` seconds; the process is
         then killed, and :meth:`close` still cleans up. Raises

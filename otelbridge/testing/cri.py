@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any, Self
 import grpc
 
 from otelbridge.containerd._gen import otelbridge_cri_pb2 as cri_pb
-from otelbridge.errors import OtelbridgeError
+from otelbridge.core.errors import OtelbridgeError
 from otelbridge.testing.image import (
     BUSYBOX_BASE_NAME,
     PAUSE_BASE_NAME,

@@ -17,8 +17,8 @@ from google.protobuf.message import Message
 
 from otelbridge.containerd import topics
 from otelbridge.containerd._gen import otelbridge_events_pb2 as ev
+from otelbridge.core.model import RawEnvelope
 from otelbridge.decode import TYPE_URL_FOR_TOPIC
-from otelbridge.model import RawEnvelope
 
 _MS = 1_000_000
 

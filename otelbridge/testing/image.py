@@ -15,7 +15,7 @@ Contracts:
   re-tagging later confuses the CRI image cache.)
 * Building needs ``umoci`` and a static busybox (see
   :func:`otelbridge.testing.containerd.ensure_host_tools`); a missing one raises
-  :class:`~otelbridge.errors.EnvironmentProblem`.
+  :class:`~otelbridge.core.errors.EnvironmentProblem`.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from otelbridge.errors import EnvironmentProblem, OtelbridgeError
+from otelbridge.core.errors import EnvironmentProblem, OtelbridgeError
 
 if TYPE_CHECKING:
     # only for annotations: containerd imports this module at runtime

@@ -50,7 +50,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationSc
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
-from otelbridge.errors import DecodeError
+from otelbridge.core.errors import DecodeError
 from otelbridge.export.files import from_otlp_json
 
 __all__ = [

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from otelbridge.emit import semconv
+from otelbridge.core import semconv
 from otelbridge.export.files import from_otlp_json
 from otelbridge.testing.otlp import OtlpReceiver
 from tests.conftest import Namespace

@@ -22,8 +22,8 @@ from typing import Any
 import pytest
 
 from otelbridge.app import Bridge, build_live_bridge
-from otelbridge.config import Config, CorrelateConfig, SlaConfig, SourceConfig, StateConfig
-from otelbridge.emit import semconv
+from otelbridge.core import semconv
+from otelbridge.core.config import Config, CorrelateConfig, SlaConfig, SourceConfig, StateConfig
 from otelbridge.testing.otlp import OtlpReceiver, ReceivedSpan
 from tests.conftest import CtrEvents, Namespace
 from tests.integration.test_live_bridge import envelope_times

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 
 from otelbridge.app import Bridge, build_live_bridge
-from otelbridge.config import Config, CorrelateConfig, SourceConfig, StateConfig
+from otelbridge.core import semconv
+from otelbridge.core.config import Config, CorrelateConfig, SourceConfig, StateConfig
+from otelbridge.core.model import LifecycleEvent
 from otelbridge.decode import decode
-from otelbridge.emit import semconv
-from otelbridge.model import LifecycleEvent
 from otelbridge.source.recording import parse_ctr_line
 from otelbridge.testing.otlp import OtlpReceiver, ReceivedSpan
 from tests.conftest import CtrEvents, Namespace

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from otelbridge.app import build_live_bridge
-from otelbridge.config import (
+from otelbridge.core import semconv
+from otelbridge.core.config import (
     Config,
     CorrelateConfig,
     EnrichConfig,
@@ -23,7 +24,6 @@ from otelbridge.config import (
     SourceConfig,
     StateConfig,
 )
-from otelbridge.emit import semconv
 from otelbridge.readiness import SOURCE_KUBERNETES
 from otelbridge.testing import kubeapi
 from otelbridge.testing.containerd import PrivateContainerd

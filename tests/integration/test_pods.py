@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from otelbridge.app import Bridge, build_live_bridge
-from otelbridge.config import Config, CorrelateConfig, SourceConfig, StateConfig
-from otelbridge.emit import semconv
+from otelbridge.core import semconv
+from otelbridge.core.config import Config, CorrelateConfig, SourceConfig, StateConfig
 from otelbridge.testing.containerd import PrivateContainerd
 from otelbridge.testing.cri import CRI_NAMESPACE, ContainerSpec, CriClient, import_cri_images
 from otelbridge.testing.otlp import OtlpReceiver, ReceivedSpan

@@ -20,8 +20,8 @@ import pytest
 from opentelemetry.proto.trace.v1.trace_pb2 import Status
 
 from otelbridge.app import Bridge, build_live_bridge
-from otelbridge.config import Config, ReadinessConfig, SourceConfig, StateConfig
-from otelbridge.emit import semconv
+from otelbridge.core import semconv
+from otelbridge.core.config import Config, ReadinessConfig, SourceConfig, StateConfig
 from otelbridge.readiness import SOURCE_PROBE
 from otelbridge.testing.otlp import OtlpReceiver, ReceivedSpan
 from tests.conftest import Namespace

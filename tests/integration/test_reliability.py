@@ -26,9 +26,9 @@ from pathlib import Path
 
 import pytest
 
+from otelbridge.core import semconv
+from otelbridge.core.counters import Counters
 from otelbridge.durable import StateStore
-from otelbridge.emit import semconv
-from otelbridge.stats import Counters
 from otelbridge.testing.otlp import OtlpReceiver, ReceivedSpan
 from tests.conftest import Namespace
 from tests.integration.processes import Daemon

@@ -14,7 +14,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from otelbridge.errors import EnvironmentProblem
+from otelbridge.core.errors import EnvironmentProblem
 from otelbridge.testing.containerd import (
     ContainerdStartError,
     PrivateContainerd,

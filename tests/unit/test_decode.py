@@ -9,10 +9,10 @@ from hypothesis import strategies as st
 
 from otelbridge.containerd import topics
 from otelbridge.containerd._gen import otelbridge_events_pb2 as ev
+from otelbridge.core import semconv
+from otelbridge.core.counters import Counters
+from otelbridge.core.model import EventKind, LifecycleEvent, RawEnvelope
 from otelbridge.decode import DISPATCH, TYPE_URL_FOR_TOPIC, Decoder, Skipped, SkipReason, decode
-from otelbridge.emit import semconv
-from otelbridge.model import EventKind, LifecycleEvent, RawEnvelope
-from otelbridge.stats import Counters
 from otelbridge.testing.events import envelope
 
 # an odd nanosecond count, so a rounding through float or microseconds would show

@@ -26,11 +26,11 @@ from opentelemetry.proto.common.v1.common_pb2 import InstrumentationScope
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
+from otelbridge.core import semconv
+from otelbridge.core.counters import Counters
+from otelbridge.core.model import ContainerKey, Outcome, StartupRecord
 from otelbridge.durable import DB_NAME, SpoolExporter, StateError, StateRow, StateStore
-from otelbridge.emit import semconv
 from otelbridge.export.otlp import OtlpGrpcExporter
-from otelbridge.model import ContainerKey, Outcome, StartupRecord
-from otelbridge.stats import Counters
 from otelbridge.testing.otlp import OtlpReceiver
 
 # nanosecond times that a float (53-bit mantissa) could not hold exactly
@@ -437,8 +437,8 @@ def test_kill_9_of_the_process_keeps_every_committed_transaction(tmp_path: Path)
         from pathlib import Path
         from opentelemetry.proto.trace.v1.trace_pb2 import Span
         from otelbridge.durable import StateRow, StateStore
-        from otelbridge.model import ContainerKey, StartupRecord
-        from otelbridge.stats import Counters
+        from otelbridge.core.model import ContainerKey, StartupRecord
+        from otelbridge.core.counters import Counters
 
         store = StateStore(Path(sys.argv[1]), Counters(), max_spool_bytes=1 << 40)
         for i in range(50):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import fields
 from pathlib import Path
 
-from otelbridge.config import Config, load_config
+from otelbridge.core.config import Config, load_config
 
 ROOT = Path(__file__).parents[2]
 

@@ -18,13 +18,13 @@ from pathlib import Path
 import pytest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
-from otelbridge.clock import FakeClock, SystemClock
-from otelbridge.config import Config, EnrichConfig, StateConfig
+from otelbridge.core import semconv
+from otelbridge.core.clock import FakeClock, SystemClock
+from otelbridge.core.config import Config, EnrichConfig, StateConfig
+from otelbridge.core.counters import Counters
+from otelbridge.core.model import ContainerInfo, ContainerKey, Outcome, RawEnvelope, StartupRecord
 from otelbridge.durable import DB_NAME, Checkpoint, StateStore
-from otelbridge.emit import semconv
-from otelbridge.model import ContainerInfo, ContainerKey, Outcome, RawEnvelope, StartupRecord
 from otelbridge.pipeline import Pipeline, SourceItem
-from otelbridge.stats import Counters
 from otelbridge.testing.events import Timeline
 
 S = 1_000_000_000

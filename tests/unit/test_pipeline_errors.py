@@ -7,11 +7,11 @@ from collections.abc import Sequence
 import pytest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
-from otelbridge.config import Config
-from otelbridge.emit import semconv
-from otelbridge.model import LifecycleEvent, StartupRecord
+from otelbridge.core import semconv
+from otelbridge.core.config import Config
+from otelbridge.core.counters import Counters
+from otelbridge.core.model import LifecycleEvent, StartupRecord
 from otelbridge.pipeline import Pipeline
-from otelbridge.stats import Counters
 from otelbridge.testing.events import Timeline
 
 

@@ -11,12 +11,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
-from otelbridge.config import Config
+from otelbridge.core import semconv
+from otelbridge.core.config import Config
+from otelbridge.core.counters import Counters
+from otelbridge.core.model import RawEnvelope
 from otelbridge.decode import TYPE_URL_FOR_TOPIC
-from otelbridge.emit import semconv
-from otelbridge.model import RawEnvelope
 from otelbridge.pipeline import Pipeline
-from otelbridge.stats import Counters
 from otelbridge.testing.events import Timeline
 
 IDS = ("a", "b", "c")

@@ -12,12 +12,12 @@ from collections.abc import Callable
 
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
-from otelbridge.clock import SystemClock
-from otelbridge.config import Config, CorrelateConfig, EnrichConfig
-from otelbridge.emit import semconv
-from otelbridge.model import ContainerInfo, Outcome, RawEnvelope, StartupRecord
+from otelbridge.core import semconv
+from otelbridge.core.clock import SystemClock
+from otelbridge.core.config import Config, CorrelateConfig, EnrichConfig
+from otelbridge.core.counters import Counters
+from otelbridge.core.model import ContainerInfo, Outcome, RawEnvelope, StartupRecord
 from otelbridge.pipeline import Pipeline, SourceItem
-from otelbridge.stats import Counters
 from otelbridge.testing.events import Timeline
 
 

@@ -14,12 +14,13 @@ from collections.abc import Callable
 
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
-from otelbridge.clock import EventTimeClock
-from otelbridge.config import Config, CorrelateConfig
 from otelbridge.containerd.records import container_info
-from otelbridge.emit import ids, semconv
-from otelbridge.errors import NotFound
-from otelbridge.model import ContainerInfo, ContainerKey, RawEnvelope
+from otelbridge.core import ids, semconv
+from otelbridge.core.clock import EventTimeClock
+from otelbridge.core.config import Config, CorrelateConfig
+from otelbridge.core.counters import Counters
+from otelbridge.core.errors import NotFound
+from otelbridge.core.model import ContainerInfo, ContainerKey, RawEnvelope
 from otelbridge.pipeline import Pipeline
 from otelbridge.source.recording import (
     Recorder,
@@ -29,7 +30,6 @@ from otelbridge.source.recording import (
     header_line,
     read_events,
 )
-from otelbridge.stats import Counters
 from otelbridge.testing.events import Timeline
 from tests.unit.containerd.test_cri_records import (
     APP_ID,

@@ -6,13 +6,13 @@ from collections import Counter, defaultdict
 
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
-from otelbridge.clock import EventTimeClock
-from otelbridge.config import Config
-from otelbridge.emit import semconv
-from otelbridge.errors import NotFound
-from otelbridge.model import ContainerInfo, RawEnvelope, StartupRecord
+from otelbridge.core import semconv
+from otelbridge.core.clock import EventTimeClock
+from otelbridge.core.config import Config
+from otelbridge.core.counters import Counters
+from otelbridge.core.errors import NotFound
+from otelbridge.core.model import ContainerInfo, RawEnvelope, StartupRecord
 from otelbridge.pipeline import Pipeline
-from otelbridge.stats import Counters
 from otelbridge.testing.events import Timeline
 
 MS = 1_000_000

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
-from otelbridge.clock import FakeClock
-from otelbridge.config import Config, CorrelateConfig
-from otelbridge.emit import semconv
-from otelbridge.model import ContainerInfo, ContainerKey, Outcome, ReadySignal, StartupRecord
+from otelbridge.core import semconv
+from otelbridge.core.clock import FakeClock
+from otelbridge.core.config import Config, CorrelateConfig
+from otelbridge.core.counters import Counters
+from otelbridge.core.model import ContainerInfo, ContainerKey, Outcome, ReadySignal, StartupRecord
 from otelbridge.pipeline import Pipeline
 from otelbridge.readiness import ReadinessRequest, Report
-from otelbridge.stats import Counters
 from otelbridge.testing.events import Timeline
 
 MS = 1_000_000

@@ -11,13 +11,13 @@ from pathlib import Path
 
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
-from otelbridge.clock import FakeClock
-from otelbridge.config import Config
+from otelbridge.core import semconv
+from otelbridge.core.clock import FakeClock
+from otelbridge.core.config import Config
+from otelbridge.core.counters import Counters
+from otelbridge.core.model import RawEnvelope
 from otelbridge.durable import StateStore
-from otelbridge.emit import semconv
-from otelbridge.model import RawEnvelope
 from otelbridge.pipeline import Pipeline
-from otelbridge.stats import Counters
 from otelbridge.testing.events import Timeline
 
 

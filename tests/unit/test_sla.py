@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from otelbridge import sla
-from otelbridge.clock import FakeClock
-from otelbridge.config import SlaConfig
-from otelbridge.model import ContainerKey, Outcome, StartupRecord
+from otelbridge.core.clock import FakeClock
+from otelbridge.core.config import SlaConfig
+from otelbridge.core.model import ContainerKey, Outcome, StartupRecord
 
 S = 1_000_000_000
 T0 = 1_700_000_000 * S

@@ -8,9 +8,9 @@ import urllib.request
 
 import pytest
 
-from otelbridge.emit import semconv
-from otelbridge.errors import ConfigError
-from otelbridge.stats import Counters
+from otelbridge.core import semconv
+from otelbridge.core.counters import Counters
+from otelbridge.core.errors import ConfigError
 from otelbridge.status import DEFAULT_HTTP_ADDR, StatusServer, parse_addr
 
 

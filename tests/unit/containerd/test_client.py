@@ -7,7 +7,12 @@ import pytest
 
 from otelbridge.containerd import client
 from otelbridge.containerd.client import ALLOWED_METHODS, ContainerdClient, grpc_target, translate
-from otelbridge.errors import ContainerdError, ContainerdUnavailable, MethodNotAllowed, NotFound
+from otelbridge.core.errors import (
+    ContainerdError,
+    ContainerdUnavailable,
+    MethodNotAllowed,
+    NotFound,
+)
 
 WRITES = [
     "/containerd.services.tasks.v1.Tasks/Kill",

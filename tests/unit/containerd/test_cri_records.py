@@ -24,7 +24,7 @@ from otelbridge.containerd.records import (
     cri_info,
     spec_fields,
 )
-from otelbridge.model import CriInfo
+from otelbridge.core.model import CriInfo
 
 NS = "k8s.io"
 SANDBOX_ID = "3f1b9c5a7e2d4c8b9a0f1e2d3c4b5a6978695a4b3c2d1e0f9a8b7c6d5e4f3a2b"

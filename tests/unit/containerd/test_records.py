@@ -8,10 +8,10 @@ import pytest
 from google.protobuf.any_pb2 import Any as AnyMsg
 
 from otelbridge.app import containerd_client
-from otelbridge.config import Config, EnrichConfig
 from otelbridge.containerd._gen import otelbridge_api_pb2 as api
 from otelbridge.containerd.records import container_info, spec_fields, task_info, timestamp_ns
-from otelbridge.model import TaskState
+from otelbridge.core.config import Config, EnrichConfig
+from otelbridge.core.model import TaskState
 
 TP = "00-5d3c9e0b7a1f4e2d8c6b0a9f1e2d3c4b-a1b2c3d4e5f60718-01"
 GO_ZERO_SECONDS = -62_135_596_800  # 0001-01-01T00:00:00Z

@@ -26,19 +26,12 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
 from opentelemetry.proto.metrics.v1.metrics_pb2 import Metric
 
 from otelbridge import sla
-from otelbridge.clock import FakeClock
-from otelbridge.config import Config, SlaConfig
-from otelbridge.emit import metrics as metrics_module
-from otelbridge.emit import semconv
-from otelbridge.emit.metrics import (
-    PROMETHEUS_CONTENT_TYPE,
-    BridgeMetrics,
-    MetricsConfig,
-    prometheus_name,
-)
-from otelbridge.enrich.tracecontext import NOT_FOUND
-from otelbridge.errors import ConfigError
-from otelbridge.model import (
+from otelbridge.core import semconv
+from otelbridge.core.clock import FakeClock
+from otelbridge.core.config import Config, SlaConfig
+from otelbridge.core.counters import Counters
+from otelbridge.core.errors import ConfigError
+from otelbridge.core.model import (
     ContainerInfo,
     ContainerKey,
     CriInfo,
@@ -46,8 +39,15 @@ from otelbridge.model import (
     PodContext,
     StartupRecord,
 )
+from otelbridge.core.tracecontext import NOT_FOUND
+from otelbridge.emit import metrics as metrics_module
+from otelbridge.emit.metrics import (
+    PROMETHEUS_CONTENT_TYPE,
+    BridgeMetrics,
+    MetricsConfig,
+    prometheus_name,
+)
 from otelbridge.pipeline import Pipeline
-from otelbridge.stats import Counters
 from otelbridge.testing.events import Timeline
 
 DOC = (Path(__file__).parents[3] / "docs" / "telemetry.md").read_text(encoding="utf-8")
@@ -615,7 +615,7 @@ def test_prometheus_through_the_status_server(prom: BridgeMetrics, counters: Cou
 
 # -- the pipeline's hook ----------------------------------------------------------------------
 def test_pipeline_on_measured_feeds_the_histograms(counters: Counters) -> None:
-    from otelbridge.clock import EventTimeClock  # noqa: PLC0415
+    from otelbridge.core.clock import EventTimeClock  # noqa: PLC0415
 
     class Sink:
         def submit(self, spans: list[Any]) -> None:

@@ -8,10 +8,10 @@ from typing import Any
 from opentelemetry.proto.common.v1.common_pb2 import KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
-from otelbridge.emit import ids, semconv
-from otelbridge.emit.spans import Enrichment, build_startup_spans, kv
-from otelbridge.enrich.tracecontext import TraceContext
-from otelbridge.model import ContainerKey, Outcome, StartupRecord
+from otelbridge.core import ids, semconv
+from otelbridge.core.model import ContainerKey, Enrichment, Outcome, StartupRecord
+from otelbridge.core.tracecontext import TraceContext
+from otelbridge.emit.spans import build_startup_spans, kv
 
 MS = 1_000_000
 T0 = 1_700_000_000_000_000_123

@@ -8,12 +8,18 @@ from typing import Any
 
 import pytest
 
-from otelbridge.config import EnrichConfig
-from otelbridge.emit import semconv
-from otelbridge.emit.spans import AttrValue, Enrichment
+from otelbridge.core import semconv
+from otelbridge.core.config import EnrichConfig
+from otelbridge.core.counters import Counters
+from otelbridge.core.model import (
+    AttrValue,
+    ContainerInfo,
+    ContainerKey,
+    Enrichment,
+    Outcome,
+    StartupRecord,
+)
 from otelbridge.enrich.stage import Enricher, split_image_reference
-from otelbridge.model import ContainerInfo, ContainerKey, Outcome, StartupRecord
-from otelbridge.stats import Counters
 
 T0 = 1_700_000_000_000_000_000
 KEY = ContainerKey("default", "web")

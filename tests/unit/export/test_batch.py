@@ -19,13 +19,13 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationSc
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
-from otelbridge.clock import FakeClock
-from otelbridge.emit.semconv import EXPORT_RETRIES, SPANS_DROPPED, SPANS_EXPORTED
-from otelbridge.errors import ConfigError
+from otelbridge.core.clock import FakeClock
+from otelbridge.core.counters import Counters
+from otelbridge.core.errors import ConfigError
+from otelbridge.core.semconv import EXPORT_RETRIES, SPANS_DROPPED, SPANS_EXPORTED
 from otelbridge.export import ExportFeedback, ExportResult, SpanExporter
 from otelbridge.export.batch import BatchConfig, BatchProcessor
 from otelbridge.export.otlp import OtlpGrpcExporter, OtlpHttpExporter
-from otelbridge.stats import Counters
 from otelbridge.testing.otlp import OtlpHttpReceiver, OtlpReceiver
 
 RESOURCE = Resource(

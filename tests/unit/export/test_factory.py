@@ -9,13 +9,13 @@ import pytest
 from opentelemetry.proto.common.v1.common_pb2 import InstrumentationScope
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
-from otelbridge.emit.semconv import HOST_NAME, INSTRUMENTATION_SCOPE, SERVICE_NAME, SPANS_EXPORTED
-from otelbridge.errors import ConfigError
+from otelbridge.core.counters import Counters
+from otelbridge.core.errors import ConfigError
+from otelbridge.core.semconv import HOST_NAME, INSTRUMENTATION_SCOPE, SERVICE_NAME, SPANS_EXPORTED
 from otelbridge.export.batch import BatchConfig, BatchProcessor
 from otelbridge.export.factory import build_exporters, build_resource
 from otelbridge.export.files import ConsoleExporter, JsonlExporter, NoneExporter, read_jsonl
 from otelbridge.export.otlp import OtlpGrpcExporter, OtlpHttpExporter
-from otelbridge.stats import Counters
 from otelbridge.testing.otlp import OtlpHttpReceiver, OtlpReceiver
 
 

@@ -17,7 +17,7 @@ from opentelemetry.proto.common.v1.common_pb2 import (
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status
 
-from otelbridge.errors import DecodeError
+from otelbridge.core.errors import DecodeError
 from otelbridge.export import ExportResult
 from otelbridge.export.files import (
     ConsoleExporter,

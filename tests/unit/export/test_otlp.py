@@ -15,7 +15,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationSc
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
 
-from otelbridge.errors import ConfigError
+from otelbridge.core.errors import ConfigError
 from otelbridge.export import ExportFeedback, ExportResult
 from otelbridge.export.otlp import (
     OtlpConfig,

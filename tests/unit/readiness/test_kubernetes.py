@@ -30,11 +30,12 @@ from pathlib import Path
 import pytest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
-from otelbridge.clock import FakeClock
-from otelbridge.config import Config, ReadinessConfig, StateConfig
-from otelbridge.emit import semconv
-from otelbridge.errors import ConfigError
-from otelbridge.model import (
+from otelbridge.core import semconv
+from otelbridge.core.clock import FakeClock
+from otelbridge.core.config import Config, ReadinessConfig, StateConfig
+from otelbridge.core.counters import Counters
+from otelbridge.core.errors import ConfigError
+from otelbridge.core.model import (
     ContainerInfo,
     ContainerKey,
     CriInfo,
@@ -46,7 +47,6 @@ from otelbridge.model import (
 from otelbridge.pipeline import Pipeline, SourceItem
 from otelbridge.readiness import SOURCE_KUBERNETES, ReadinessRequest
 from otelbridge.readiness.kubernetes import KubernetesSource
-from otelbridge.stats import Counters
 from otelbridge.testing.events import Timeline
 from otelbridge.testing.kubeapi import ContainerSpec, FakeKubeAPI, make_pod, set_container
 

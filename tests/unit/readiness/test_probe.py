@@ -16,12 +16,12 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from otelbridge.config import ReadinessConfig
-from otelbridge.emit import semconv
-from otelbridge.model import ContainerInfo, ContainerKey, ReadySignal
+from otelbridge.core import semconv
+from otelbridge.core.config import ReadinessConfig
+from otelbridge.core.counters import Counters
+from otelbridge.core.model import ContainerInfo, ContainerKey, ReadySignal
 from otelbridge.readiness import SOURCE_PROBE, ReadinessRequest
 from otelbridge.readiness.probe import DEADLINE_REASON, ProbeSource, ProbeTarget, parse_target
-from otelbridge.stats import Counters
 
 _NS = 1_000_000_000
 

@@ -26,14 +26,14 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
 
-from otelbridge.clock import EventTimeClock
-from otelbridge.config import Config
-from otelbridge.emit import semconv
+from otelbridge.core import semconv
+from otelbridge.core.clock import EventTimeClock
+from otelbridge.core.config import Config
+from otelbridge.core.counters import Counters
+from otelbridge.core.model import ContainerInfo, ContainerKey, ReadySignal, StartupRecord
 from otelbridge.export.files import to_otlp_json
-from otelbridge.model import ContainerInfo, ContainerKey, ReadySignal, StartupRecord
 from otelbridge.pipeline import Pipeline
 from otelbridge.readiness import ReadinessRequest, Report
-from otelbridge.stats import Counters
 from otelbridge.testing.events import Timeline
 
 MS = 1_000_000

@@ -10,7 +10,7 @@ import pytest
 
 import otelbridge.report
 from otelbridge import sla
-from otelbridge.config import SlaConfig
+from otelbridge.core.config import SlaConfig
 from otelbridge.report import (
     Report,
     ReportError,

@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 
 from otelbridge import sla
-from otelbridge.clock import FakeClock
-from otelbridge.config import Config, SlaConfig
+from otelbridge.core.clock import FakeClock
+from otelbridge.core.config import Config, SlaConfig
+from otelbridge.core.model import ContainerKey, StartupRecord
+from otelbridge.core.tracecontext import TraceContext
 from otelbridge.emit.spans import provisioning_span
-from otelbridge.enrich.tracecontext import TraceContext
 from otelbridge.export.files import read_jsonl
-from otelbridge.model import ContainerKey, StartupRecord
 from otelbridge.report import ReportError, Spread, collect, from_spans, read_span_file
 from otelbridge.report.spans import startup_record
 from otelbridge.sla import coverage_verdict

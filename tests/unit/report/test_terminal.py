@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from otelbridge.config import SlaConfig
+from otelbridge.core.config import SlaConfig
 from otelbridge.report import read_span_file, render_table, report_from_json
 
 NOW = 1_800_000_000_000_000_000

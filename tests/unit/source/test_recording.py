@@ -13,10 +13,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from otelbridge.containerd import topics
+from otelbridge.core import semconv
+from otelbridge.core.counters import Counters
+from otelbridge.core.errors import NotFound
+from otelbridge.core.model import ContainerInfo, EventKind, LifecycleEvent, RawEnvelope
 from otelbridge.decode import Skipped, SkipReason, decode
-from otelbridge.emit import semconv
-from otelbridge.errors import NotFound
-from otelbridge.model import ContainerInfo, EventKind, LifecycleEvent, RawEnvelope
 from otelbridge.source.recording import (
     Recording,
     container_line,
@@ -25,7 +26,6 @@ from otelbridge.source.recording import (
     parse_ctr_line,
     read_events,
 )
-from otelbridge.stats import Counters
 from otelbridge.testing.events import Timeline
 
 T0 = 1_764_330_000_123_456_789

@@ -7,8 +7,8 @@ import logging
 
 import pytest
 
-from otelbridge.clock import FakeClock
-from otelbridge.logutil import LogThrottle, ThrottledLogger
+from otelbridge.core.clock import FakeClock
+from otelbridge.core.logutil import LogThrottle, ThrottledLogger
 
 
 def test_a_burst_goes_through_then_one_line_per_interval_with_the_count(

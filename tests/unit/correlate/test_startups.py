@@ -7,14 +7,13 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from otelbridge.clock import FakeClock
-from otelbridge.config import CorrelateConfig
 from otelbridge.containerd import topics
 from otelbridge.containerd._gen import otelbridge_events_pb2 as ev
-from otelbridge.correlate import Correlator
-from otelbridge.decode import decode
-from otelbridge.emit import semconv
-from otelbridge.model import (
+from otelbridge.core import semconv
+from otelbridge.core.clock import FakeClock
+from otelbridge.core.config import CorrelateConfig
+from otelbridge.core.counters import Counters
+from otelbridge.core.model import (
     ContainerInfo,
     ContainerKey,
     LifecycleEvent,
@@ -25,7 +24,8 @@ from otelbridge.model import (
     TaskInfo,
     TaskState,
 )
-from otelbridge.stats import Counters
+from otelbridge.correlate.startups import Correlator
+from otelbridge.decode import decode
 from otelbridge.testing.events import Timeline
 
 MS = 1_000_000

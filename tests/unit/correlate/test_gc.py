@@ -14,29 +14,32 @@ import pytest
 from google.protobuf.message import Message
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
-from otelbridge import gc
-from otelbridge.clock import EventTimeClock, FakeClock
-from otelbridge.config import Config, SlaConfig
 from otelbridge.containerd._gen import otelbridge_events_pb2 as ev
-from otelbridge.decode import decode
-from otelbridge.emit import ids, semconv
-from otelbridge.emit.reclaim import build_reclaim_span
-from otelbridge.emit.spans import Enrichment, build_startup_spans, pod_parent
-from otelbridge.enrich.tracecontext import NOT_FOUND, Resolution, TraceContext
-from otelbridge.gc import GcTracker, ReclaimRecord
-from otelbridge.logutil import ThrottledLogger
-from otelbridge.model import (
+from otelbridge.core import ids, semconv
+from otelbridge.core.clock import EventTimeClock, FakeClock
+from otelbridge.core.config import Config, SlaConfig
+from otelbridge.core.counters import Counters
+from otelbridge.core.ids import pod_parent
+from otelbridge.core.logutil import ThrottledLogger
+from otelbridge.core.model import (
     ContainerInfo,
     ContainerKey,
     CriInfo,
+    Enrichment,
     EventKind,
     LifecycleEvent,
     PodContext,
     RawEnvelope,
+    ReclaimRecord,
     StartupRecord,
 )
+from otelbridge.core.tracecontext import NOT_FOUND, Resolution, TraceContext
+from otelbridge.correlate import gc
+from otelbridge.correlate.gc import GcTracker
+from otelbridge.decode import decode
+from otelbridge.emit.reclaim import build_reclaim_span
+from otelbridge.emit.spans import build_startup_spans
 from otelbridge.pipeline import Pipeline
-from otelbridge.stats import Counters
 from otelbridge.testing.events import Timeline
 
 MS = 1_000_000

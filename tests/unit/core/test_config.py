@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from otelbridge.config import (
+from otelbridge.core.config import (
     Config,
     CorrelateConfig,
     EnrichConfig,
@@ -22,9 +22,9 @@ from otelbridge.config import (
     config_from_mapping,
     load_config,
 )
-from otelbridge.errors import ConfigError
+from otelbridge.core.errors import ConfigError
 
-SAMPLE = Path(__file__).parent / "testdata" / "otelbridge.toml"
+SAMPLE = Path(__file__).parents[1] / "testdata" / "otelbridge.toml"
 SECTIONS: dict[str, Any] = {
     "source": SourceConfig(),
     "correlate": CorrelateConfig(),

@@ -3,7 +3,7 @@
 A misbehaving client can publish thousands of malformed events a second, and a collector
 outage fails every batch for minutes; a line for each would drown the log and cost more
 than the events. Repeated messages are therefore throttled by time: the counters in
-:mod:`otelbridge.stats` keep the exact totals, the log says what happens and how often.
+:mod:`otelbridge.core.counters` keep the exact totals, the log says what happens and how often.
 
 * :class:`LogThrottle`: one kind of message at most once per interval, counting the rest;
 * :class:`ThrottledLogger`: a logger whose messages are throttled per *kind*: the first
@@ -16,7 +16,7 @@ import logging
 import threading
 from typing import Any
 
-from otelbridge.clock import Clock, SystemClock
+from otelbridge.core.clock import Clock, SystemClock
 
 
 class LogThrottle:

@@ -36,11 +36,12 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from otelbridge.clock import Clock
-from otelbridge.config import CorrelateConfig
-from otelbridge.emit import semconv
-from otelbridge.logutil import ThrottledLogger
-from otelbridge.model import (
+from otelbridge.core import semconv
+from otelbridge.core.clock import Clock
+from otelbridge.core.config import CorrelateConfig
+from otelbridge.core.counters import Counters
+from otelbridge.core.logutil import ThrottledLogger
+from otelbridge.core.model import (
     ContainerInfo,
     ContainerKey,
     EventKind,
@@ -51,7 +52,6 @@ from otelbridge.model import (
     StartupRecord,
     TaskState,
 )
-from otelbridge.stats import Counters
 
 _log = ThrottledLogger(logging.getLogger(__name__))
 _NS = 1_000_000_000

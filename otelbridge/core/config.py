@@ -18,8 +18,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from otelbridge.enrich.tracecontext import ENV_TRACEPARENT
-from otelbridge.errors import ConfigError
+from otelbridge.core.errors import ConfigError
+from otelbridge.core.tracecontext import ENV_TRACEPARENT
 
 DEFAULT_ADDRESS = "/run/containerd/containerd.sock"
 LINK_POLICIES = ("parent", "link", "ignore")

@@ -1,6 +1,6 @@
 """The bridge's own counters (every drop, skip and retry is counted here).
 
-Counter names are declared in :mod:`otelbridge.emit.semconv`; incrementing an undeclared
+Counter names are declared in :mod:`otelbridge.core.semconv`; incrementing an undeclared
 name is a programming error and raises ``KeyError``.
 
 Two ways to count, both exact:
@@ -16,7 +16,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable
 
-from otelbridge.emit.semconv import COUNTERS, MetricDecl
+from otelbridge.core.semconv import COUNTERS, MetricDecl
 
 
 class Cell:

@@ -15,8 +15,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from otelbridge.enrich import tracecontext as tc
-from otelbridge.enrich.tracecontext import (
+from otelbridge.core import tracecontext as tc
+from otelbridge.core.tracecontext import (
     DEFAULT_KEYS,
     MAX_TRACEPARENT_LENGTH,
     MAX_TRACESTATE_LENGTH,

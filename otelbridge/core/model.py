@@ -10,12 +10,12 @@ All times are ``int`` nanoseconds since the Unix epoch taken from containerd (``
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import NamedTuple
 
-from otelbridge.enrich.tracecontext import Resolution
+from otelbridge.core.tracecontext import Resolution, TraceContext
 
 EMPTY_MAP: Mapping[str, str] = MappingProxyType({})
 
@@ -274,3 +274,62 @@ class StartupRecord:
     @property
     def done(self) -> bool:
         return self.outcome is not None
+
+
+AttrValue = str | bool | int | float | Sequence[str]
+"""A span attribute value."""
+
+
+@dataclass(slots=True)
+class Enrichment:
+    """What the enrich stage adds to a record before its spans are built.
+
+    ``parent``: the provisioning span the startup becomes a child of (link policy
+    ``parent``); ``link``: the provisioning span the startup links to (policy ``link``).
+    At most one of them is set. ``attributes`` go on ``container.startup``;
+    ``phase_attributes`` on every phase span.
+    """
+
+    attributes: list[tuple[str, AttrValue]] = field(default_factory=list)
+    phase_attributes: list[tuple[str, AttrValue]] = field(default_factory=list)
+    parent: TraceContext | None = None
+    link: TraceContext | None = None
+    parent_is_remote: bool = True  # False when the parent is our own pod.startup
+
+
+class SpanRef(NamedTuple):
+    """A span another span links to: its trace and span IDs."""
+
+    trace_id: bytes
+    span_id: bytes
+
+
+@dataclass(slots=True)
+class ReclaimRecord:
+    """One container snapshot reclaimed: from the container's deletion to
+    ``/snapshot/remove`` (both envelope times, ns).
+
+    ``start_ns`` is the ``/tasks/delete`` of the init process, else the
+    ``/containers/delete``, else (neither seen) the ``/tasks/exit``. ``degraded``: it took
+    longer than ``sla.gc_reclaim_max_s``. ``leaked``: the snapshot had been reported
+    leaked before this late remove. ``startup``: the container's ``container.startup``
+    span, when its IDs are known for certain (see :meth:`GcTracker.overlaps`).
+    """
+
+    key: ContainerKey
+    snapshot_key: str
+    snapshotter: str
+    start_ns: int
+    end_ns: int
+    degraded: bool
+    leaked: bool = False
+    startup: SpanRef | None = None
+
+    @property
+    def duration_s(self) -> float:
+        return max(0, self.end_ns - self.start_ns) / 1_000_000_000
+
+
+SourceItem = RawEnvelope | ReconcileSnapshot | ReadySignal
+"""What the event thread processes, in order: containerd's envelopes, listings of it, and
+readiness verdicts."""

@@ -13,22 +13,23 @@ from typing import Any
 import pytest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
-from otelbridge.clock import FakeClock
-from otelbridge.config import EnrichConfig
 from otelbridge.containerd.records import container_info
-from otelbridge.emit import ids, semconv
-from otelbridge.emit.spans import build_pod_span, build_startup_spans, pod_parent
-from otelbridge.enrich.stage import Enricher
-from otelbridge.enrich.tracecontext import NOT_FOUND, TraceContext
-from otelbridge.model import (
+from otelbridge.core import ids, semconv
+from otelbridge.core.clock import FakeClock
+from otelbridge.core.config import EnrichConfig
+from otelbridge.core.counters import Counters
+from otelbridge.core.ids import pod_parent
+from otelbridge.core.model import (
     ContainerInfo,
     ContainerKey,
     Outcome,
     PodContext,
     StartupRecord,
 )
-from otelbridge.pods import PodDirectory, PodTracker
-from otelbridge.stats import Counters
+from otelbridge.core.tracecontext import NOT_FOUND, TraceContext
+from otelbridge.correlate.pods import PodDirectory, PodTracker
+from otelbridge.emit.spans import build_pod_span, build_startup_spans
+from otelbridge.enrich.stage import Enricher
 from tests.unit.containerd.test_cri_records import (
     APP_ID,
     NS,

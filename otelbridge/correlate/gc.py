@@ -55,16 +55,23 @@ from bisect import bisect_left, bisect_right
 from collections import deque
 from dataclasses import dataclass
 from itertools import count
-from typing import Any, NamedTuple
+from typing import Any
 
 from otelbridge import sla
-from otelbridge.clock import Clock
-from otelbridge.config import SlaConfig
-from otelbridge.emit import ids, semconv
-from otelbridge.logutil import ThrottledLogger
-from otelbridge.model import ContainerKey, EventKind, LifecycleEvent, StartupRecord
+from otelbridge.core import ids, semconv
+from otelbridge.core.clock import Clock
+from otelbridge.core.config import SlaConfig
+from otelbridge.core.counters import Counters
+from otelbridge.core.logutil import ThrottledLogger
+from otelbridge.core.model import (
+    ContainerKey,
+    EventKind,
+    LifecycleEvent,
+    ReclaimRecord,
+    SpanRef,
+    StartupRecord,
+)
 from otelbridge.sla import p99
-from otelbridge.stats import Counters
 
 _log = logging.getLogger(__name__)
 _tlog = ThrottledLogger(_log)
@@ -91,39 +98,6 @@ INTERVAL_HORIZON_S = 900.0
 MAX_SAMPLES = 20_000
 #: How many leaked container ids ``figures`` lists per namespace.
 MAX_LEAKED_LISTED = 20
-
-
-class SpanRef(NamedTuple):
-    """A span another span links to: its trace and span IDs."""
-
-    trace_id: bytes
-    span_id: bytes
-
-
-@dataclass(slots=True)
-class ReclaimRecord:
-    """One container snapshot reclaimed: from the container's deletion to
-    ``/snapshot/remove`` (both envelope times, ns).
-
-    ``start_ns`` is the ``/tasks/delete`` of the init process, else the
-    ``/containers/delete``, else (neither seen) the ``/tasks/exit``. ``degraded``: it took
-    longer than ``sla.gc_reclaim_max_s``. ``leaked``: the snapshot had been reported
-    leaked before this late remove. ``startup``: the container's ``container.startup``
-    span, when its IDs are known for certain (see :meth:`GcTracker.overlaps`).
-    """
-
-    key: ContainerKey
-    snapshot_key: str
-    snapshotter: str
-    start_ns: int
-    end_ns: int
-    degraded: bool
-    leaked: bool = False
-    startup: SpanRef | None = None
-
-    @property
-    def duration_s(self) -> float:
-        return max(0, self.end_ns - self.start_ns) / _NS
 
 
 @dataclass(slots=True, eq=False)
@@ -662,4 +636,4 @@ def _link(key: ContainerKey, startup: _Startup | None) -> SpanRef | None:
     return SpanRef(trace_id, ids.span_id(identity, semconv.SPAN_CONTAINER_STARTUP))
 
 
-__all__ = ["GcTracker", "ReclaimRecord", "SpanRef"]
+__all__ = ["GcTracker"]

@@ -2,7 +2,7 @@
 
 Processing the same events twice (a replay, a restart, a resend) must give the same
 spans, so IDs are hashes of what identifies a startup: the container's namespace and id,
-its incarnation (see :class:`~otelbridge.model.StartupRecord`), the attempt, and the span's
+its incarnation (see :class:`~otelbridge.core.model.StartupRecord`), the attempt, and the span's
 role. BLAKE2b is in the standard library, fast, and keyed hashing is not needed here.
 """
 
@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from hashlib import blake2b
 
-from otelbridge.model import ContainerKey
+from otelbridge.core import semconv
+from otelbridge.core.model import ContainerKey, PodContext
+from otelbridge.core.tracecontext import TraceContext
 
 _ZERO8 = bytes(8)
 _ZERO16 = bytes(16)
@@ -40,3 +42,20 @@ def trace_id(identity: str) -> bytes:
     """16 bytes for a startup that starts its own trace; never all zero."""
     tid = _digest(identity + "\x00trace", 16)
     return tid if tid != _ZERO16 else b"\x00" * 15 + b"\x01"
+
+
+_SAMPLED = 0x01
+
+
+def pod_parent(pod: PodContext, policy: str) -> TraceContext:
+    """The ``pod.startup`` span of ``pod`` as the parent its containers' spans name.
+
+    Its trace is the provisioning trace the pod's annotations name when the link policy
+    is ``parent`` and the context is valid, else the pod's own (deterministic) trace.
+    """
+    identity = pod_identity(pod.key, pod.identity_ns)
+    span = span_id(identity, semconv.SPAN_POD_STARTUP)
+    ctx = pod.trace.context if policy == "parent" else None
+    if ctx is not None:
+        return TraceContext(ctx.trace_id, span, ctx.trace_flags, ctx.trace_state)
+    return TraceContext(trace_id(identity), span, _SAMPLED)

@@ -35,8 +35,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Final
 
-from otelbridge.clock import Clock
-from otelbridge.model import ContainerKey, Outcome, PodContext, StartupRecord
+from otelbridge.core.clock import Clock
+from otelbridge.core.model import ContainerKey, Outcome, PodContext, StartupRecord
 
 _NS = 1_000_000_000
 # outcomes that make a pod fail (reconciled/incomplete are what a restart leaves)

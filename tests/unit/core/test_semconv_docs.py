@@ -1,13 +1,12 @@
-"""docs/telemetry.md and otelbridge.emit.semconv must name the same things."""
+"""docs/telemetry.md and otelbridge.core.semconv must name the same things."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
-from otelbridge.emit import semconv
-from otelbridge.enrich import tracecontext
-from otelbridge.model import Outcome
+from otelbridge.core import semconv, tracecontext
+from otelbridge.core.model import Outcome
 
 DOC = (Path(__file__).parents[3] / "docs" / "telemetry.md").read_text(encoding="utf-8")
 
