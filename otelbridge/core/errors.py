@@ -6,6 +6,7 @@
     ├── ConfigError              bad configuration; carries every problem found
     ├── ContainerdError          a containerd call failed (translated from grpc.RpcError)
     │   ├── ContainerdUnavailable    socket missing, daemon down or restarting: retry
+    │   ├── ContainerdMisconfigured  permission denied, not containerd: retrying cannot heal
     │   ├── NotFound                 the object is gone (a short-lived container): skip
     │   └── MethodNotAllowed         the read-only allow-list refused a call: a bug
     ├── DecodeError              an envelope or recording line could not be decoded: skip
@@ -43,6 +44,11 @@ class ContainerdError(OtelbridgeError):
 
 class ContainerdUnavailable(ContainerdError):
     """containerd cannot be reached right now; retrying later may succeed."""
+
+
+class ContainerdMisconfigured(ContainerdError):
+    """containerd cannot be used at this address and waiting will not change that
+    (permission denied, the socket is not containerd's): the message says what to do."""
 
 
 class NotFound(ContainerdError):

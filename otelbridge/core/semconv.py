@@ -190,6 +190,12 @@ METADATA_FAILED = _counter(
     "container record lookups that failed or found the container gone",
     "{lookup}",
 )
+METADATA_MALFORMED = _counter(
+    "otelbridge.metadata.malformed",
+    "container records containerd returned undecodable (invalid UTF-8, ...): read leniently "
+    "or skipped, and named in the log",
+    "{record}",
+)
 METADATA_LATE = _counter(
     "otelbridge.metadata.late",
     "startups emitted without their container record because the lookup took too long",
@@ -206,6 +212,11 @@ ATTRIBUTES_DROPPED = _counter(
     "tenant-controlled attributes dropped or truncated by the count/length limits",
     "{attribute}",
 )
+ATTRIBUTES_SANITIZED = _counter(
+    "otelbridge.attributes.sanitized",
+    "tenant-controlled values (labels, image names) whose control characters were escaped",
+    "{attribute}",
+)
 SPANS_EMITTED = _counter("otelbridge.spans.emitted", "spans handed to the exporters", "{span}")
 SPANS_EXPORTED = _counter("otelbridge.spans.exported", "spans the receiver accepted", "{span}")
 SPANS_DROPPED = _counter(
@@ -215,6 +226,16 @@ SPANS_DROPPED = _counter(
 )
 EXPORT_RETRIES = _counter(
     "otelbridge.export.retries", "export attempts retried after a temporary failure", "{attempt}"
+)
+EXPORT_ERRORS = _counter(
+    "otelbridge.export.errors",
+    "export attempts that raised instead of answering (an exporter's bug): counted, retried",
+    "{attempt}",
+)
+STATE_ERRORS = _counter(
+    "otelbridge.state.errors",
+    "writes of the state database that failed (disk full, I/O error): retried, state kept",
+    "{write}",
 )
 PODS_COMPLETED = _counter(
     "otelbridge.pods.completed", "pod.startup spans emitted (Kubernetes pods)", "{pod}"
@@ -226,6 +247,11 @@ PIPELINE_ERRORS = _counter(
 )
 SOURCE_RECONNECTS = _counter(
     "otelbridge.source.reconnects", "re-subscriptions after the event stream ended", "{connect}"
+)
+SOURCE_CONNECT_FAILURES = _counter(
+    "otelbridge.source.connect_failures",
+    "attempts to subscribe to containerd that failed (socket missing, refused, not containerd)",
+    "{attempt}",
 )
 KUBERNETES_WATCH_RESTARTS = _counter(
     "otelbridge.kubernetes.watch_restarts",
@@ -293,17 +319,22 @@ COUNTERS: Final = (
     SNAPSHOTS_UNMATCHED,
     METADATA_LOOKUPS,
     METADATA_FAILED,
+    METADATA_MALFORMED,
     METADATA_LATE,
     TRACEPARENT_INVALID,
     TRACESTATE_INVALID,
     ATTRIBUTES_DROPPED,
+    ATTRIBUTES_SANITIZED,
     SPANS_EMITTED,
     SPANS_EXPORTED,
     SPANS_DROPPED,
     EXPORT_RETRIES,
+    EXPORT_ERRORS,
+    STATE_ERRORS,
     PODS_COMPLETED,
     PIPELINE_ERRORS,
     SOURCE_RECONNECTS,
+    SOURCE_CONNECT_FAILURES,
     KUBERNETES_WATCH_RESTARTS,
     KUBERNETES_RELISTS,
     KUBERNETES_READY_LATE,
