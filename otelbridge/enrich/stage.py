@@ -12,8 +12,25 @@ container record passes through it before a startup holds it): the trace context
 resolved there and kept parsed; of the labels only those ``label_attributes`` selects, at
 most ``max_label_attributes``, keys of printable ASCII only, values cut to
 ``max_attribute_length``. Every drop and cut is counted (``otelbridge.attributes.dropped``)
-and the startup's own number is its span attribute of the same name. Image references
-and runtime names from events are cut to ``max_attribute_length`` too, and counted.
+and the startup's own number is its span attribute of the same name. Image references,
+runtime and snapshotter names (from the record or from events) and the CRI names are cut
+to ``max_attribute_length`` too when the attributes are built, and counted; the CRI names
+are kept whole in the admitted record, where they identify the container.
+
+Control characters (C0, DEL, C1: ``\n``, ``\r``, ESC, NUL ...) in tenant-controlled
+strings are escaped visibly (:func:`otelbridge.core.text.escape_controls`: a newline
+becomes the two characters ``\n``, ESC ``\x1b``) and each value escaped is counted
+(``otelbridge.attributes.sanitized``): label values, the image reference (before it is
+split, so an embedded newline cannot forge a tag), runtime and snapshotter names, and the
+CRI pod name, namespace, UID and container name. The container record's values are
+escaped once, at admission, so every later reader (spans, metrics, logs) sees them
+escaped; values from events are escaped when the attributes are built. Escaping comes
+before the length cut: the limit bounds what is emitted, and the cut never ends inside an
+escape (:func:`otelbridge.core.text.truncate`).
+
+A readiness target longer than 512 characters is not one: it is dropped at admission
+(the container falls back to the next readiness source), counted in
+``otelbridge.readiness.invalid_target`` and logged (throttled) with the container's name.
 """
 
 from __future__ import annotations
@@ -35,11 +52,13 @@ from otelbridge.core.model import (
     EMPTY_MAP,
     AttrValue,
     ContainerInfo,
+    CriInfo,
     Enrichment,
     Outcome,
     PodContext,
     StartupRecord,
 )
+from otelbridge.core.text import escape_controls, truncate
 from otelbridge.core.tracecontext import NOT_FOUND, Resolution, TraceContext, resolve
 
 _log = ThrottledLogger(logging.getLogger(__name__))
@@ -101,15 +120,22 @@ class Enricher:
         and kept parsed (``info.trace``) instead of the raw values; of the labels only
         those ``label_attributes`` selects are kept, limited in number, key and length.
         Every drop or cut is counted and this container's number kept in
-        ``info.dropped``. Thread-safe (runs on the lookup threads); admitting an admitted
-        record changes nothing.
+        ``info.dropped``. Control characters in label values, the image, runtime and
+        snapshotter names and the CRI names are escaped (each value counted in
+        ``otelbridge.attributes.sanitized``); the CRI names are not cut, they identify the
+        container to the ``kubernetes`` readiness source. The readiness target is kept
+        (``info.readiness``) unless it is longer than 512 characters: then it is dropped,
+        counted in ``otelbridge.readiness.invalid_target`` and logged (throttled).
+        Thread-safe (runs on the lookup threads); admitting an admitted record changes
+        nothing and counts nothing again.
 
         Kubernetes: a sandbox's record yields its pod (``info.pod``), whose trace context
         is looked up in the pod's annotations first; an app container takes ``pod``, its
         sandbox's, and with it the pod's trace context.
         """
         pod = pod or info.pod
-        cri = info.cri
+        cri = self._escape_cri(info.cri)
+        admitted = info.trace is not None
         trace = info.trace
         if trace is None:
             if self._cfg.policy_for(info.namespace) == "ignore":
@@ -128,18 +154,34 @@ class Enricher:
                 identity_ns=info.created_at_ns,
                 trace=trace,
             )
-        readiness = info.readiness or next(
-            (
-                carrier[self._readiness_label]
-                for carrier in (
-                    info.labels,
-                    info.annotations,
-                    cri.annotations if cri is not None else EMPTY_MAP,
-                )
-                if self._readiness_label in carrier
-            ),
-            "",
-        )
+        readiness = info.readiness
+        if not readiness and not admitted:
+            # an admitted record's carriers are gone (the labels kept may hold the label
+            # cut to max_attribute_length): its target, or its lack of one, stands
+            readiness = next(
+                (
+                    carrier[self._readiness_label]
+                    for carrier in (
+                        info.labels,
+                        info.annotations,
+                        cri.annotations if cri is not None else EMPTY_MAP,
+                    )
+                    if self._readiness_label in carrier
+                ),
+                "",
+            )
+        if len(readiness) > _MAX_TARGET:
+            # a cut target would be probed as another one: none, so the next source decides
+            self._counters.inc(semconv.READINESS_INVALID_TARGET)
+            _log.warning(
+                "readiness_target",
+                "%s: readiness target of %d characters ignored (longer than %d); the next "
+                "readiness source applies",
+                info.key,
+                len(readiness),
+                _MAX_TARGET,
+            )
+            readiness = ""
         if cri is not None and (cri.annotations or cri.pod_annotations):
             cri = dataclasses.replace(cri, annotations=EMPTY_MAP, pod_annotations=EMPTY_MAP)
         globs = self._cfg.label_attributes
@@ -152,10 +194,10 @@ class Enricher:
                 if not _label_key_ok(key) or len(labels) >= self._cfg.max_label_attributes:
                     dropped += 1
                     continue
-                value = info.labels[key]
+                value = self._escape(info.labels[key])
                 if len(value) > self._max_len:
                     dropped += 1
-                    value = value[: self._max_len]
+                    value = truncate(value, self._max_len)
                 labels[key] = value
         if dropped:
             self._counters.inc(semconv.ATTRIBUTES_DROPPED, dropped)
@@ -163,25 +205,57 @@ class Enricher:
         return dataclasses.replace(
             info,
             namespace=intern(info.namespace),
-            image=intern(info.image),
-            runtime=intern(info.runtime),
-            snapshotter=intern(info.snapshotter),
+            image=intern(self._escape(info.image)),
+            runtime=intern(self._escape(info.runtime)),
+            snapshotter=intern(self._escape(info.snapshotter)),
             snapshot_key="",  # not used downstream
             labels=labels or EMPTY_MAP,
             annotations=EMPTY_MAP,
             env=EMPTY_MAP,
             trace=trace,
-            readiness=readiness[:_MAX_TARGET],
+            readiness=readiness,
             cri=cri,
             pod=pod,
             dropped=info.dropped + dropped,
         )
 
-    def _cut(self, value: str) -> str:
+    def _escape(self, value: str) -> str:
+        """``value`` with its control characters escaped, counted when there were any."""
+        value, escaped = escape_controls(value)
+        if escaped:
+            self._counters.inc(semconv.ATTRIBUTES_SANITIZED)
+        return value
+
+    def _escape_cri(self, cri: CriInfo | None) -> CriInfo | None:
+        """``cri`` with its names escaped (:meth:`_escape`); the same object when clean."""
+        if cri is None:
+            return None
+        escaped = (
+            self._escape(cri.pod_name),
+            self._escape(cri.pod_namespace),
+            self._escape(cri.pod_uid),
+            self._escape(cri.container_name),
+        )
+        if escaped == (cri.pod_name, cri.pod_namespace, cri.pod_uid, cri.container_name):
+            return cri
+        pod_name, pod_namespace, pod_uid, container_name = escaped
+        return dataclasses.replace(
+            cri,
+            pod_name=pod_name,
+            pod_namespace=pod_namespace,
+            pod_uid=pod_uid,
+            container_name=container_name,
+        )
+
+    def _bound(self, value: str) -> str:
+        """A tenant-controlled attribute value: control characters escaped, then cut to
+        ``max_attribute_length`` (an escape is never split), each counted. Nearly free for
+        an admitted record's values, which are already escaped."""
+        value = self._escape(value)
         if len(value) <= self._max_len:
             return value
         self._counters.inc(semconv.ATTRIBUTES_DROPPED)
-        return value[: self._max_len]
+        return truncate(value, self._max_len)
 
     def trace_context(self, info: ContainerInfo | None) -> Resolution:
         """The provisioning context a container carries (first match wins): resolved at
@@ -244,11 +318,11 @@ class Enricher:
         info = rec.info
         cri = info.cri if info is not None else None
         pod = info.pod if info is not None else None
-        name = cri.container_name if cri is not None and cri.container_name else key.id
+        container_name = self._bound(cri.container_name) if cri is not None else ""
         image = (info.image if info is not None and info.image else rec.image) or ""
         attrs: list[tuple[str, AttrValue]] = [
             (semconv.CONTAINER_ID, key.id),
-            (semconv.CONTAINER_NAME, name),
+            (semconv.CONTAINER_NAME, container_name or key.id),
             (semconv.CONTAINER_RUNTIME_NAME, semconv.CONTAINER_RUNTIME_VALUE),
             (semconv.CONTAINERD_NAMESPACE, key.namespace),
             (semconv.OB_STARTUP_OUTCOME, rec.outcome.value if rec.outcome else "unknown"),
@@ -257,16 +331,17 @@ class Enricher:
             (semconv.OB_READINESS_SOURCE, rec.readiness_source),
         ]
         if image:
-            image_name, tags = split_image_reference(self._cut(image))
+            # escaped before it is split: a newline in it cannot make a second tag
+            image_name, tags = split_image_reference(self._bound(image))
             attrs.append((semconv.CONTAINER_IMAGE_NAME, image_name))
             if tags:
                 attrs.append((semconv.CONTAINER_IMAGE_TAGS, tags))
         runtime = (info.runtime if info is not None and info.runtime else rec.runtime) or ""
         if runtime:
-            attrs.append((semconv.CONTAINERD_RUNTIME_NAME, self._cut(runtime)))
+            attrs.append((semconv.CONTAINERD_RUNTIME_NAME, self._bound(runtime)))
         snapshotter = (info.snapshotter if info is not None else "") or rec.snapshotter
         if snapshotter:
-            attrs.append((semconv.CONTAINERD_SNAPSHOTTER, self._cut(snapshotter)))
+            attrs.append((semconv.CONTAINERD_SNAPSHOTTER, self._bound(snapshotter)))
         if rec.pid:
             attrs.append((semconv.PROCESS_PID, rec.pid))
         if rec.outcome is Outcome.EXITED and rec.exit_status is not None:
@@ -293,7 +368,7 @@ class Enricher:
             attrs += self._k8s_attributes(pod)
             attrs.append((semconv.OB_CONTAINER_KIND, cri.kind))
             if cri.kind == "container":
-                attrs.append((semconv.K8S_CONTAINER_NAME, cri.container_name))
+                attrs.append((semconv.K8S_CONTAINER_NAME, container_name))
                 attrs.append((semconv.K8S_CONTAINER_RESTART_COUNT, cri.attempt))
             enrichment.parent = pod_parent(pod, policy)
             enrichment.parent_is_remote = False
@@ -301,13 +376,13 @@ class Enricher:
         if cri is not None:
             # its sandbox's record could not be read: what its own record says
             attrs += [
-                (semconv.K8S_POD_NAME, cri.pod_name),
-                (semconv.K8S_POD_UID, cri.pod_uid),
-                (semconv.K8S_NAMESPACE_NAME, cri.pod_namespace),
+                (semconv.K8S_POD_NAME, self._bound(cri.pod_name)),
+                (semconv.K8S_POD_UID, self._bound(cri.pod_uid)),
+                (semconv.K8S_NAMESPACE_NAME, self._bound(cri.pod_namespace)),
                 (semconv.OB_CONTAINER_KIND, cri.kind),
             ]
             if cri.kind == "container":
-                attrs.append((semconv.K8S_CONTAINER_NAME, cri.container_name))
+                attrs.append((semconv.K8S_CONTAINER_NAME, container_name))
                 attrs.append((semconv.K8S_CONTAINER_RESTART_COUNT, cri.attempt))
         if policy == "ignore":
             return enrichment
@@ -318,12 +393,11 @@ class Enricher:
             enrichment.parent = context
         return enrichment
 
-    @staticmethod
-    def _k8s_attributes(pod: PodContext) -> list[tuple[str, AttrValue]]:
+    def _k8s_attributes(self, pod: PodContext) -> list[tuple[str, AttrValue]]:
         return [
-            (semconv.K8S_POD_NAME, pod.name),
-            (semconv.K8S_POD_UID, pod.uid),
-            (semconv.K8S_NAMESPACE_NAME, pod.k8s_namespace),
+            (semconv.K8S_POD_NAME, self._bound(pod.name)),
+            (semconv.K8S_POD_UID, self._bound(pod.uid)),
+            (semconv.K8S_NAMESPACE_NAME, self._bound(pod.k8s_namespace)),
         ]
 
     def _context_attributes(

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
+import re
 from collections.abc import Mapping
 from typing import Any
 
 import pytest
 
 from otelbridge.core import semconv
-from otelbridge.core.config import EnrichConfig
+from otelbridge.core.config import READINESS_LABEL, EnrichConfig
 from otelbridge.core.counters import Counters
 from otelbridge.core.model import (
     AttrValue,
     ContainerInfo,
     ContainerKey,
+    CriInfo,
     Enrichment,
     Outcome,
     StartupRecord,
@@ -423,3 +426,172 @@ def test_admitted_record_enriches_like_the_full_one() -> None:
     full = enricher.enrich(record(info=info))
     slim = enricher.enrich(record(info=enricher.admit(info)))
     assert full == slim
+
+
+# -- control characters in tenant values (PRODUCT.md section 8) ----------------------------------
+
+CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def no_control_characters(a: Mapping[str, AttrValue]) -> None:
+    for key, value in a.items():
+        for item in value if isinstance(value, list) else [value]:
+            assert not (isinstance(item, str) and CONTROL.search(item)), (key, item)
+
+
+def test_label_value_with_a_newline_is_escaped_and_counted() -> None:
+    counters = Counters()
+    info = container(labels={"note": "a\nb", "esc": "\x1b[2Jx", "ok": "v"})
+    enrichment = enrich(record(info=info), EnrichConfig(label_attributes=("*",)), counters)
+    assert label_attrs(enrichment) == {
+        "container.label.esc": "\\x1b[2Jx",
+        "container.label.note": "a\\nb",
+        "container.label.ok": "v",
+    }
+    assert counters.get(semconv.ATTRIBUTES_SANITIZED) == 2
+    assert counters.get(semconv.ATTRIBUTES_DROPPED) == 0
+    assert semconv.OB_ATTRIBUTES_DROPPED not in attrs(enrichment)
+
+
+@pytest.mark.parametrize("where", ["event", "container record"])
+def test_image_with_a_newline_cannot_forge_a_tag(where: str) -> None:
+    counters = Counters()
+    image = "busybox:1.36\nlatest"
+    rec = record(image=image) if where == "event" else record(info=container(image=image))
+    a = attrs(enrich(rec, counters=counters))
+    assert a[semconv.CONTAINER_IMAGE_NAME] == "busybox"
+    assert a[semconv.CONTAINER_IMAGE_TAGS] == ["1.36\\nlatest"]  # one tag, visibly escaped
+    assert counters.get(semconv.ATTRIBUTES_SANITIZED) == 1
+    no_control_characters(a)
+
+
+def test_image_escaped_then_cut_keeps_its_escapes_whole() -> None:
+    counters = Counters()
+    image = "abcdefghijklm\x1bxyz:v1"  # escaped: abcdefghijklm\x1bxyz:v1 (24 characters)
+    config = EnrichConfig(max_attribute_length=16)
+    a = attrs(enrich(record(image=image, runtime="runc"), config, counters))
+    assert a[semconv.CONTAINER_IMAGE_NAME] == "abcdefghijklm"  # not ...m\x1
+    assert semconv.CONTAINER_IMAGE_TAGS not in a
+    assert counters.get(semconv.ATTRIBUTES_SANITIZED) == 1
+    assert counters.get(semconv.ATTRIBUTES_DROPPED) == 1
+
+
+def test_runtime_and_snapshotter_with_control_characters_are_escaped() -> None:
+    counters = Counters()
+    info = container(runtime="io.containerd.runc.v2\r", snapshotter="overlay\x00fs")
+    a = attrs(enrich(record(info=info), counters=counters))
+    assert a[semconv.CONTAINERD_RUNTIME_NAME] == "io.containerd.runc.v2\\r"
+    assert a[semconv.CONTAINERD_SNAPSHOTTER] == "overlay\\x00fs"
+    assert counters.get(semconv.ATTRIBUTES_SANITIZED) == 2
+    a = attrs(enrich(record(runtime="runc\x7f"), counters=counters))  # from the event
+    assert a[semconv.CONTAINERD_RUNTIME_NAME] == "runc\\x7f"
+    assert counters.get(semconv.ATTRIBUTES_SANITIZED) == 3
+
+
+HOSTILE_CRI: dict[str, Any] = {
+    "pod_name": "web\x00\x1b[2J",
+    "pod_namespace": "team\nprod",
+    "pod_uid": "uid\x85",
+    "container_name": "app\x1b]0;owned\x07",
+}
+
+
+def test_nul_and_esc_in_a_pod_without_its_sandbox_record_are_escaped() -> None:
+    counters = Counters()
+    cri = CriInfo(kind="container", sandbox_id="sb", attempt=1, **HOSTILE_CRI)
+    a = attrs(enrich(record(info=container(cri=cri)), counters=counters))
+    assert a[semconv.K8S_POD_NAME] == "web\\x00\\x1b[2J"
+    assert a[semconv.K8S_NAMESPACE_NAME] == "team\\nprod"
+    assert a[semconv.K8S_POD_UID] == "uid\\x85"
+    assert a[semconv.K8S_CONTAINER_NAME] == "app\\x1b]0;owned\\x07"
+    assert a[semconv.CONTAINER_NAME] == "app\\x1b]0;owned\\x07"
+    assert counters.get(semconv.ATTRIBUTES_SANITIZED) == 4
+    no_control_characters(a)
+
+
+def test_nul_and_esc_in_a_pod_are_escaped_on_its_pod_and_container_spans() -> None:
+    counters = Counters()
+    enricher = Enricher(EnrichConfig(), counters)
+    sandbox = enricher.admit(
+        container(id="sb", cri=CriInfo(kind="sandbox", sandbox_id="sb", **HOSTILE_CRI))
+    )
+    assert sandbox.pod is not None
+    assert (sandbox.pod.name, sandbox.pod.k8s_namespace) == ("web\\x00\\x1b[2J", "team\\nprod")
+    app = enricher.admit(
+        container(cri=CriInfo(kind="container", sandbox_id="sb", attempt=0, **HOSTILE_CRI)),
+        sandbox.pod,
+    )
+    a = attrs(enricher.enrich(record(info=app)))
+    no_control_characters(a)
+    assert a[semconv.K8S_POD_NAME] == "web\\x00\\x1b[2J"
+    assert a[semconv.K8S_CONTAINER_NAME] == "app\\x1b]0;owned\\x07"
+    pod_span = dict(
+        enricher.pod_attributes(sandbox.pod, outcome="ready", containers=1, partial=False)
+    )
+    no_control_characters(pod_span)
+    assert pod_span[semconv.K8S_POD_NAME] == "web\\x00\\x1b[2J"
+    # each value once per record admitted: the sandbox's 4, the app container's 4
+    assert counters.get(semconv.ATTRIBUTES_SANITIZED) == 8
+
+
+def test_sanitized_values_are_counted_once_however_often_admitted() -> None:
+    counters = Counters()
+    enricher = Enricher(EnrichConfig(label_attributes=("*",)), counters)
+    once = enricher.admit(container(labels={"note": "a\nb"}, image="app:1\n2"))
+    assert enricher.admit(once) == once
+    enricher.enrich(record(info=once))
+    assert counters.get(semconv.ATTRIBUTES_SANITIZED) == 2
+
+
+# -- readiness target over the length limit ------------------------------------------------------
+
+LONG_TARGET = "http://127.0.0.1:8080/" + "p" * 578  # 600 characters
+
+
+def test_readiness_target_over_the_limit_is_rejected_counted_and_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    assert len(LONG_TARGET) == 600
+    counters = Counters()
+    info = container(labels={READINESS_LABEL: LONG_TARGET})
+    with caplog.at_level(logging.WARNING, "otelbridge.enrich.stage"):
+        kept = Enricher(EnrichConfig(), counters).admit(info)
+    assert kept.readiness == ""  # no target: the next readiness source decides
+    assert counters.get(semconv.READINESS_INVALID_TARGET) == 1
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert str(info.key) in line and "600" in line
+    assert LONG_TARGET[:100] not in line  # the tenant's text is not logged
+
+
+def test_readiness_target_at_the_limit_is_kept() -> None:
+    target = "http://127.0.0.1:8080/" + "p" * 490
+    assert len(target) == 512
+    counters = Counters()
+    kept = Enricher(EnrichConfig(), counters).admit(
+        container(annotations={READINESS_LABEL: target})
+    )
+    assert kept.readiness == target
+    assert counters.get(semconv.READINESS_INVALID_TARGET) == 0
+
+
+def test_rejected_readiness_target_stays_rejected_when_admitted_again() -> None:
+    # the label is also a selected label attribute, kept (cut) in the admitted record:
+    # admitting again must not take that cut value as the target
+    counters = Counters()
+    enricher = Enricher(EnrichConfig(label_attributes=("*",)), counters)
+    once = enricher.admit(container(labels={READINESS_LABEL: LONG_TARGET}))
+    twice = enricher.admit(once)
+    assert (once.readiness, twice.readiness) == ("", "")
+    assert counters.get(semconv.READINESS_INVALID_TARGET) == 1
+
+
+def test_long_cri_names_are_cut_in_attributes_but_kept_whole_for_matching() -> None:
+    counters = Counters()
+    enricher = Enricher(EnrichConfig(max_attribute_length=16), counters)
+    name = "c" * 40
+    cri = CriInfo(kind="container", sandbox_id="sb", pod_name="p", container_name=name)
+    kept = enricher.admit(container(cri=cri, image="app:1", runtime="runc", snapshotter="o"))
+    assert kept.cri is not None and kept.cri.container_name == name  # the kubernetes source
+    a = attrs(enricher.enrich(record(info=kept)))
+    assert a[semconv.K8S_CONTAINER_NAME] == a[semconv.CONTAINER_NAME] == "c" * 16
+    assert counters.get(semconv.ATTRIBUTES_DROPPED) == 1
