@@ -16,6 +16,7 @@ import argparse
 import gc
 import time
 import tracemalloc
+from collections.abc import Sequence
 
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
@@ -69,7 +70,7 @@ def measure_live(envelopes: list[RawEnvelope], n: int) -> float:
         )
 
     class Sink:
-        def submit(self, spans: list[Span]) -> None:
+        def submit(self, spans: Sequence[Span]) -> None:
             pass
 
     config = Config(correlate=CorrelateConfig(max_tracked=10 * n))

@@ -1,16 +1,29 @@
-"""Assembly: builds the stages of a bridge from configuration and the environment.
+"""Assembly: every mode of the bridge built in one place, from configuration and environment.
 
-Kept apart from :mod:`otelbridge.cli` so the demo and the tests assemble a bridge exactly
-as the commands do.
+========================  ===========================  ====================  ==================
+mode                      source                       delivery storage      readiness
+========================  ===========================  ====================  ==================
+``run`` (state dir)       containerd, live             SQLite spool          kubernetes, probe
+``run`` (no state), demo  containerd, live             memory                kubernetes, probe
+``record``                containerd, live             memory, no exporter   as run; recorded
+``replay``                a recording, ``ctr events``  memory                the recorded ones
+========================  ===========================  ====================  ==================
+
+(``started`` decides where no source applies.)
+
+The command line (:mod:`otelbridge.cli`), the demo and the tests assemble bridges only
+through the functions here, so what runs is what was tested.
 """
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from opentelemetry.proto.common.v1.common_pb2 import InstrumentationScope
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
@@ -19,19 +32,22 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from otelbridge import __version__
 from otelbridge.containerd.client import ContainerdClient
 from otelbridge.core import semconv
-from otelbridge.core.clock import Clock, SystemClock
+from otelbridge.core.clock import Clock, EventTimeClock, SystemClock
 from otelbridge.core.config import Config
 from otelbridge.core.counters import Counters
-from otelbridge.core.model import StartupRecord
-from otelbridge.durable import SpoolExporter, StateStore
+from otelbridge.core.model import RawEnvelope, SourceItem, StartupRecord
 from otelbridge.emit.metrics import BridgeMetrics
 from otelbridge.export import SpanExporter
-from otelbridge.export.batch import BatchConfig, BatchProcessor
+from otelbridge.export.delivery import Delivery, DeliveryConfig
 from otelbridge.export.factory import build_exporters, build_resource
+from otelbridge.export.spool import StateStore
+from otelbridge.export.storage import MemoryStorage
 from otelbridge.pipeline import MetadataLookup, Pipeline
 from otelbridge.readiness import ReadinessSource
 from otelbridge.readiness.probe import ProbeSource
 from otelbridge.source.live import LiveSource
+
+_log = logging.getLogger(__name__)
 
 
 def scope() -> InstrumentationScope:
@@ -45,91 +61,50 @@ def exporter_environ(environ: Mapping[str, str], exporter: str | None) -> Mappin
     return {**environ, "OTEL_TRACES_EXPORTER": exporter}
 
 
-def _exporters_and_resource(
-    config: Config,
-    environ: Mapping[str, str] | None,
-    exporter: str | None,
-    jsonl_path: str | None,
-    extra_exporters: Sequence[SpanExporter],
-) -> tuple[list[SpanExporter], Resource, Mapping[str, str]]:
-    env = exporter_environ(os.environ if environ is None else environ, exporter)
-    exporters = [*build_exporters(env, jsonl_path=jsonl_path), *extra_exporters]
-    extra = {}
-    node = config.enrich.node_name or env.get("NODE_NAME", "")
-    if node:
-        extra[semconv.K8S_NODE_NAME] = node
-    return exporters, build_resource(env, extra=extra), env
+@dataclass
+class Exporting:
+    """Where spans go: the exporters, the bridge's resource, the environment read."""
+
+    exporters: list[SpanExporter]
+    resource: Resource
+    environ: Mapping[str, str]
+
+    @classmethod
+    def from_env(
+        cls,
+        config: Config,
+        *,
+        environ: Mapping[str, str] | None = None,
+        exporter: str | None = None,
+        jsonl_path: str | None = None,
+        extra_exporters: Sequence[SpanExporter] = (),
+    ) -> Exporting:
+        env = exporter_environ(os.environ if environ is None else environ, exporter)
+        exporters = [*build_exporters(env, jsonl_path=jsonl_path), *extra_exporters]
+        extra = {}
+        node = config.enrich.node_name or env.get("NODE_NAME", "")
+        if node:
+            extra[semconv.K8S_NODE_NAME] = node
+        return cls(exporters, build_resource(env, extra=extra), env)
 
 
-def build_batch(
-    config: Config,
-    counters: Counters,
-    *,
-    environ: Mapping[str, str] | None = None,
-    exporter: str | None = None,
-    jsonl_path: str | None = None,
-    extra_exporters: Sequence[SpanExporter] = (),
-) -> BatchProcessor:
-    """Exporters (``OTEL_TRACES_EXPORTER`` or ``exporter``) behind an in-memory batch
-    processor (replay, the demo, a bridge without a state directory)."""
-    exporters, resource, env = _exporters_and_resource(
-        config, environ, exporter, jsonl_path, extra_exporters
+def memory_delivery(exporting: Exporting, counters: Counters) -> tuple[MemoryStorage, Delivery]:
+    """A bounded memory queue and the delivery engine draining it into the exporters."""
+    config = DeliveryConfig.from_env(exporting.environ)
+    storage = MemoryStorage(counters, max_size=config.max_queue_size)
+    delivery = Delivery(
+        exporting.exporters, storage, exporting.resource, scope(), counters, config=config
     )
-    return BatchProcessor.from_config(
-        exporters, resource, scope(), counters, BatchConfig.from_env(env)
-    )
+    return storage, delivery
 
 
-def containerd_client(config: Config) -> ContainerdClient:
+def containerd_client(config: Config, counters: Counters | None = None) -> ContainerdClient:
     """A read-only client keeping the environment variables the enricher looks at."""
     return ContainerdClient(
         config.source.address,
         timeout_s=config.source.connect_timeout_s,
         env_keys=tuple(name for pair in config.enrich.env_keys for name in pair),
     )
-
-
-class ExportStage(Protocol):
-    def start(self) -> None: ...
-    def shutdown(self, timeout_s: float = ...) -> None: ...
-
-
-@dataclass
-class Bridge:
-    """A live bridge: containerd client, source, pipeline and export stage, not started.
-
-    ``store`` is set when the bridge keeps state on disk (``state.dir``): spans then go
-    through the spool (``exporter`` is a SpoolExporter), else through an in-memory
-    BatchProcessor.
-    """
-
-    client: ContainerdClient
-    source: LiveSource
-    pipeline: Pipeline
-    exporter: ExportStage
-    counters: Counters
-    store: StateStore | None = None
-    metrics: BridgeMetrics | None = None
-
-    def start(self) -> None:
-        self.exporter.start()
-        self.pipeline.start(self.source)
-
-    def submit(self, spans: list[Span]) -> None:
-        """Spans from outside the pipeline (the demo's rollout span); memory mode only."""
-        if not isinstance(self.exporter, BatchProcessor):
-            raise TypeError("a bridge with a state directory takes spans from its pipeline only")
-        self.exporter.submit(spans)
-
-    def shutdown(self, grace_s: float | None = None) -> None:
-        """Stops listening, commits or emits what is known, and lets the exporters send
-        for at most ``grace_s`` (default ``state.shutdown_grace_s``). Idempotent."""
-        grace = self.pipeline.config.state.shutdown_grace_s if grace_s is None else grace_s
-        self.pipeline.shutdown()
-        self.exporter.shutdown(grace)
-        if self.metrics is not None:  # after the pipeline: the last startups are in it
-            self.metrics.shutdown()
-        self.client.close()
 
 
 def readiness_sources(config: Config, counters: Counters) -> list[ReadinessSource]:
@@ -147,6 +122,68 @@ def readiness_sources(config: Config, counters: Counters) -> list[ReadinessSourc
     return sources
 
 
+# -- run, demo ----------------------------------------------------------------------------------
+@dataclass
+class Bridge:
+    """A live bridge: containerd client, source, pipeline, storage and delivery, not started.
+
+    ``store`` is set when the bridge keeps state on disk (``state.dir``): spans then wait
+    in the spool, else in ``memory``.
+    """
+
+    client: ContainerdClient
+    source: LiveSource
+    pipeline: Pipeline
+    delivery: Delivery
+    counters: Counters
+    store: StateStore | None = None
+    metrics: BridgeMetrics | None = None
+    memory: MemoryStorage | None = None
+
+    def start(self) -> None:
+        self.delivery.start()
+        self.pipeline.start(self.source)
+
+    def submit(self, spans: list[Span]) -> None:
+        """Spans from outside the pipeline (the demo's rollout span); memory mode only."""
+        if self.memory is None:
+            raise TypeError("a bridge with a state directory takes spans from its pipeline only")
+        self.memory.submit(spans)
+
+    def health(self) -> list[str]:
+        """Why the bridge is not alive (for /healthz); empty while it is."""
+        problems = []
+        if self.pipeline.stopped.is_set():
+            problems.append(f"the event pipeline stopped: {self.pipeline.failure or 'shutdown'}")
+        if not self.delivery.alive():
+            problems.append("a span delivery thread stopped")
+        return problems
+
+    def readiness(self) -> list[str]:
+        """Why the bridge is not doing its job fully now (for /readyz); empty when it is."""
+        problems = []
+        if not self.pipeline.connected.is_set():
+            reason = self.source.problem
+            problems.append(
+                f"not subscribed to containerd at {self.client.address} yet"
+                + (f": {reason}" if reason else "")
+            )
+        if self.store is not None:
+            problems.extend(self.store.problems())
+        problems.extend(self.delivery.problems())
+        return problems
+
+    def shutdown(self, grace_s: float | None = None) -> None:
+        """Stops listening, commits or emits what is known, and lets the exporters send
+        for at most ``grace_s`` (default ``state.shutdown_grace_s``). Idempotent."""
+        grace = self.pipeline.config.state.shutdown_grace_s if grace_s is None else grace_s
+        self.pipeline.shutdown()
+        self.delivery.shutdown(grace)
+        if self.metrics is not None:  # after the pipeline: the last startups are in it
+            self.metrics.shutdown()
+        self.client.close()
+
+
 def build_live_bridge(
     config: Config,
     *,
@@ -157,58 +194,69 @@ def build_live_bridge(
     clock: Clock | None = None,
     on_record: Callable[[StartupRecord, list[Span]], None] | None = None,
     metrics: bool = True,
+    record_verdicts: bool = False,
 ) -> Bridge:
     """A bridge as ``otelbridge run`` builds it. With ``config.state.dir`` it keeps its
     state there and resumes from what a previous run left. ``metrics``: record and export
-    the bridge's metrics (``OTEL_METRICS_EXPORTER``)."""
+    the bridge's metrics (``OTEL_METRICS_EXPORTER``). ``record_verdicts``: every readiness
+    verdict goes through the arbiter (``otelbridge record``)."""
     counters = Counters()
     clock = clock or SystemClock()
-    client = containerd_client(config)
+    exporting = Exporting.from_env(
+        config,
+        environ=environ,
+        exporter=exporter,
+        jsonl_path=jsonl_path,
+        extra_exporters=extra_exporters,
+    )
+    client = containerd_client(config, counters)
     lookup: MetadataLookup = client.get_container
     source = LiveSource(client, config.source, counters, clock)
     readiness = readiness_sources(config, counters)
-    exporters, resource, env = _exporters_and_resource(
-        config, environ, exporter, jsonl_path, extra_exporters
-    )
     pipeline: Pipeline | None = None
 
     def sla_snapshot() -> dict[str, Any]:
         return pipeline.sla.snapshot() if pipeline is not None else {}
 
     bridge_metrics = (
-        BridgeMetrics(config, counters, sla_snapshot, environ=env, resource=resource)
+        BridgeMetrics(
+            config, counters, sla_snapshot, environ=exporting.environ, resource=exporting.resource
+        )
         if metrics
         else None
     )
     on_measured = bridge_metrics.record_startup if bridge_metrics is not None else None
-    batch_config = BatchConfig.from_env(env)
     if not config.state.dir:
-        batch = BatchProcessor.from_config(exporters, resource, scope(), counters, batch_config)
+        memory, delivery = memory_delivery(exporting, counters)
         pipeline = Pipeline(
             config,
-            batch,
+            memory,
             counters,
             clock=clock,
             lookup=lookup,
             on_record=on_record,
             readiness_sources=readiness,
             on_measured=on_measured,
+            decide_every_start=record_verdicts,
         )
-        return Bridge(client, source, pipeline, batch, counters, metrics=bridge_metrics)
+        return Bridge(
+            client, source, pipeline, delivery, counters, metrics=bridge_metrics, memory=memory
+        )
     store = StateStore(
         Path(config.state.dir),
         counters,
         max_spool_bytes=int(config.state.max_spool_mb * 1024 * 1024),
     )
-    spool = SpoolExporter(
+    delivery = Delivery(
+        exporting.exporters,
         store,
-        exporters,
-        resource,
+        exporting.resource,
         scope(),
         counters,
-        max_batch_size=batch_config.max_batch_size,
-        schedule_delay_s=batch_config.schedule_delay_s,
-        max_backoff_s=config.state.export_max_backoff_s,
+        config=DeliveryConfig.from_env(
+            exporting.environ, max_elapsed_s=None, max_backoff_s=config.state.export_max_backoff_s
+        ),
+        clock=clock,
     )
     pipeline = Pipeline(
         config,
@@ -220,7 +268,99 @@ def build_live_bridge(
         store=store,
         readiness_sources=readiness,
         on_measured=on_measured,
+        decide_every_start=record_verdicts,
     )
-    pipeline.on_commit = spool.notify
     source.resume_from(pipeline.restore())
-    return Bridge(client, source, pipeline, spool, counters, store, bridge_metrics)
+    return Bridge(client, source, pipeline, delivery, counters, store, bridge_metrics)
+
+
+# -- replay ------------------------------------------------------------------------------------
+@dataclass
+class ReplayResult:
+    """What a replay did, for the command's summary and exit code."""
+
+    counters: dict[str, int]
+    elapsed_s: float
+    cpu_s: float
+    delivered: bool
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def startups(self) -> int:
+        return self.counters[semconv.STARTUPS_COMPLETED.name]
+
+
+@dataclass
+class Replay:
+    """A pipeline fed from a file on the caller's thread, its clock the events' time."""
+
+    pipeline: Pipeline
+    memory: MemoryStorage
+    delivery: Delivery
+    counters: Counters
+    namespaces: frozenset[str]
+
+    def run(self, items: Iterable[SourceItem], timeout_s: float = 30.0) -> ReplayResult:
+        """Feeds every item, finishes, delivers (within ``timeout_s``)."""
+        self.delivery.start()
+        started = time.perf_counter()
+        cpu_started = time.process_time()
+        namespaces = self.namespaces
+        for item in items:
+            if not namespaces or _namespace(item) in namespaces:
+                self.pipeline.feed(item)
+        self.pipeline.finish()
+        elapsed = time.perf_counter() - started
+        cpu = time.process_time() - cpu_started
+        delivered = self.delivery.force_flush(timeout_s)
+        self.delivery.shutdown(1.0)
+        counters = self.counters.snapshot()
+        dropped = counters[semconv.SPANS_DROPPED.name]
+        return ReplayResult(counters, elapsed, cpu, delivered and not dropped)
+
+
+def _namespace(item: SourceItem) -> str:
+    return item.namespace if isinstance(item, RawEnvelope) else getattr(item, "key", ("",))[0]
+
+
+def build_replay(
+    config: Config,
+    lookup: MetadataLookup,
+    *,
+    counters: Counters | None = None,
+    environ: Mapping[str, str] | None = None,
+    exporter: str | None = None,
+    jsonl_path: str | None = None,
+    recorded_verdicts: bool = False,
+) -> Replay:
+    """A replay: records looked up in the recording (``lookup``), the readiness verdicts
+    taken from it when it holds them (``recorded_verdicts``), spans into the exporters."""
+    counters = counters or Counters()
+    exporting = Exporting.from_env(
+        config, environ=environ, exporter=exporter, jsonl_path=jsonl_path
+    )
+    memory, delivery = memory_delivery(exporting, counters)
+    pipeline = Pipeline(
+        config,
+        memory,
+        counters,
+        clock=EventTimeClock(),
+        lookup=lookup,
+        lookup_async=False,
+        recorded_verdicts=recorded_verdicts,
+    )
+    return Replay(pipeline, memory, delivery, counters, frozenset(config.source.namespaces))
+
+
+__all__ = [
+    "Bridge",
+    "Exporting",
+    "Replay",
+    "ReplayResult",
+    "build_live_bridge",
+    "build_replay",
+    "containerd_client",
+    "memory_delivery",
+    "readiness_sources",
+    "scope",
+]

@@ -17,20 +17,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from otelbridge import __version__
-from otelbridge.app import build_batch, build_live_bridge, containerd_client
-from otelbridge.core.clock import EventTimeClock, SystemClock
+from otelbridge.app import build_live_bridge, build_replay
+from otelbridge.core import semconv
 from otelbridge.core.config import Config, load_config
 from otelbridge.core.counters import Counters
-from otelbridge.core.errors import ConfigError, EnvironmentProblem, OtelbridgeError
-from otelbridge.pipeline import Pipeline
-from otelbridge.source.live import LiveSource
-from otelbridge.source.recording import (
-    Recorder,
-    Recording,
-    bounded_lines,
-    open_text,
-    read_events,
-)
+from otelbridge.core.errors import ConfigError, DecodeError, EnvironmentProblem, OtelbridgeError
+from otelbridge.source.recording import Recorder, Recording, bounded_lines, open_items, open_text
 from otelbridge.status import DEFAULT_HTTP_ADDR, StatusServer
 
 _log = logging.getLogger("otelbridge")
@@ -214,8 +206,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         status = StatusServer(
             http_addr,
             bridge.counters,
-            alive=lambda: not bridge.pipeline.stopped.is_set(),
-            ready=bridge.pipeline.connected.is_set,
+            health=bridge.health,
+            readiness=bridge.readiness,
             sla=bridge.pipeline.sla.snapshot,
             routes={"/metrics": bridge.metrics.prometheus_route} if bridge.metrics else None,
         )
@@ -235,47 +227,55 @@ def cmd_run(args: argparse.Namespace) -> int:
         status.shutdown()
     _log.warning("stopped; counters: %s", bridge.counters.nonzero())
     if bridge.pipeline.failed:
-        print("otelbridge run: the event source failed (see the log above)", file=sys.stderr)
+        print(f"otelbridge run: {bridge.pipeline.failure}", file=sys.stderr)
         return EXIT_FAILED
     return EXIT_OK
 
 
 def cmd_record(args: argparse.Namespace) -> int:
     cfg = _config(args)
-    counters = Counters()
-    stop = threading.Event()
-    failed = threading.Event()
+    # a bridge that exports nothing and keeps no state, whose event thread is recorded
+    cfg = dataclasses.replace(cfg, state=dataclasses.replace(cfg.state, dir=""))
     try:
         out = sys.stdout if args.output == "-" else open(args.output, "w", encoding="utf-8")  # noqa: SIM115
     except OSError as exc:
         print(f"otelbridge record: cannot write {args.output}: {exc.strerror}", file=sys.stderr)
         return EXIT_FAILED
+    stop = threading.Event()
+    bridge = build_live_bridge(cfg, exporter="none", metrics=False, record_verdicts=True)
+    recorder = Recorder(
+        out,
+        bridge.counters,
+        max_events=args.count,
+        on_limit=stop.set,
+        on_error=lambda _: stop.set(),
+    )
     try:
-        with containerd_client(cfg) as client:
-            recorder = Recorder(
-                out, client.get_container, counters, max_events=args.count, on_limit=stop.set
-            )
-            recorder.header(address=cfg.source.address, started_at_ns=time.time_ns())
-            source = LiveSource(client, cfg.source, counters, SystemClock())
-
-            def record() -> None:
-                try:
-                    source.run(recorder, stop)
-                except Exception:  # a full disk, a closed pipe: say so and stop
-                    _log.exception("recording failed")
-                    failed.set()
-
-            thread = threading.Thread(target=record, name="otelbridge-record", daemon=True)
-            _on_signals(stop)
-            thread.start()
-            _wait(stop, failed, args.duration)
-            stop.set()
-            thread.join(5.0)
+        recorder.header(address=cfg.source.address, started_at_ns=time.time_ns())
+        bridge.pipeline.tap = recorder.item
+        bridge.pipeline.records.on_read = recorder.record
+        _on_signals(stop)
+        bridge.start()
+        _wait(stop, bridge.pipeline.stopped, args.duration)
+        bridge.shutdown(grace_s=1.0)
     finally:
         if out is not sys.stdout:
             out.close()
-    print(f"recorded {recorder.events} events", file=sys.stderr)
-    return EXIT_FAILED if failed.is_set() else EXIT_OK
+    print(
+        f"recorded {recorder.events} events and {recorder.verdicts} readiness verdicts",
+        file=sys.stderr,
+    )
+    if recorder.error is not None:
+        print(f"otelbridge record: writing {args.output} failed: {recorder.error}", file=sys.stderr)
+        return EXIT_FAILED
+    if bridge.pipeline.failed or not bridge.pipeline.connected.is_set():
+        why = bridge.pipeline.failure or bridge.source.problem or "no answer"
+        print(
+            f"otelbridge record: never connected to containerd at {cfg.source.address}: {why}",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    return EXIT_OK
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
@@ -286,43 +286,63 @@ def cmd_replay(args: argparse.Namespace) -> int:
         print(f"otelbridge replay: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
         return EXIT_FAILED
     counters = Counters()
-    batch = build_batch(cfg, counters, exporter=args.exporter, jsonl_path=args.jsonl_path)
     recording = Recording()
-    pipeline = Pipeline(
-        cfg, batch, counters, clock=EventTimeClock(), lookup=recording.lookup, lookup_async=False
-    )
-    recording.admit = pipeline.enricher.admit
-    batch.start()
-    started = time.perf_counter()
-    cpu_started = time.process_time()
-    namespaces = set(cfg.source.namespaces)
     with stream:
-        for envelope in read_events(bounded_lines(stream), counters, recording):
-            if not namespaces or envelope.namespace in namespaces:
-                pipeline.feed(envelope)
-    pipeline.finish()
-    elapsed = time.perf_counter() - started
-    cpu = time.process_time() - cpu_started
-    batch.shutdown()
-    stats = counters.snapshot()
-    startups = stats["otelbridge.startups.completed"]
+        try:
+            items = open_items(bounded_lines(stream), counters, recording)
+        except DecodeError as exc:
+            print(f"otelbridge replay: {args.file}: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+        replay = build_replay(
+            cfg,
+            recording.lookup,
+            counters=counters,
+            exporter=args.exporter,
+            jsonl_path=args.jsonl_path,
+            recorded_verdicts=recording.verdicts,
+        )
+        recording.admit = replay.pipeline.enricher.admit
+        if recording.kind == "ctr":
+            print(
+                "otelbridge replay: note: `ctr events` output holds no container records, so "
+                "labels and rollout links (traceparent) are unknown: every startup is its own "
+                "trace; `otelbridge record` keeps them",
+                file=sys.stderr,
+            )
+        try:
+            result = replay.run(items)
+        except DecodeError as exc:
+            print(f"otelbridge replay: {args.file}: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+    stats = result.counters
+    if not recording.readable:
+        print(f"otelbridge replay: {args.file} holds no events", file=sys.stderr)
+        return EXIT_FAILED
+    startups = result.startups
     print(
-        f"replayed {stats['otelbridge.events.received']} events -> {startups} startups, "
-        f"{stats['otelbridge.spans.emitted']} spans in {elapsed:.3f}s "
-        f"({startups / cpu if cpu > 0 else 0:.0f} startups per CPU-second)",
+        f"replayed {stats[semconv.EVENTS_RECEIVED.name]} events -> {startups} startups, "
+        f"{stats[semconv.SPANS_EMITTED.name]} spans in {result.elapsed_s:.3f}s "
+        f"({startups / result.cpu_s if result.cpu_s > 0 else 0:.0f} startups per CPU-second)",
         file=sys.stderr,
     )
     notable = (
-        "otelbridge.events.malformed",
-        "otelbridge.events.unknown",
-        "otelbridge.startups.partial",
-        "otelbridge.traceparent.invalid",
-        "otelbridge.spans.dropped",
-        "otelbridge.pipeline.errors",
+        semconv.EVENTS_MALFORMED,
+        semconv.EVENTS_UNKNOWN,
+        semconv.STARTUPS_PARTIAL,
+        semconv.TRACEPARENT_INVALID,
+        semconv.SPANS_DROPPED,
+        semconv.PIPELINE_ERRORS,
     )
-    problems = {k: stats[k] for k in notable if stats[k]}
+    problems = [f"{m.name}={stats[m.name]}" for m in notable if stats[m.name]]
     if problems:
-        print(f"  of note: {problems}", file=sys.stderr)
+        print(f"  of note: {', '.join(problems)}", file=sys.stderr)
+    if not result.delivered:
+        print(
+            f"otelbridge replay: {stats[semconv.SPANS_DROPPED.name]} spans could not be "
+            "delivered (see the log above)",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
     return EXIT_OK
 
 

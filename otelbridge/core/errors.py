@@ -71,5 +71,9 @@ class RetryableExportError(ExportError):
     """The receiver signalled a temporary failure; the same batch may be sent again."""
 
 
+class StateError(OtelbridgeError):
+    """The state directory or its database cannot be used; the message names the knob."""
+
+
 class EnvironmentProblem(OtelbridgeError):
     """The machine lacks something the command needs; the message says what to do."""

@@ -498,7 +498,9 @@ class Correlator:
           nobody listened: it is tracked as a partial startup;
         * a tracked in-flight container whose task the listing shows running or stopped
           missed events: unless those events arrive within ``reconcile_grace_s`` (they may
-          be queued behind the listing), it is completed as ``reconciled`` (partial);
+          be queued behind the listing), it is completed as ``reconciled`` (partial); one
+          whose ``/tasks/start`` was seen and that is running missed nothing: it is waiting
+          for its readiness verdict and is left alone;
         * a tracked in-flight container the listing no longer has was deleted while
           nobody listened: after the same grace it is completed as ``incomplete``
           (partial);
@@ -522,6 +524,13 @@ class Correlator:
                 continue  # its startup already completed
             if flight.record.info is None:
                 flight.record.info = info
+            if (
+                task is not None
+                and task.state is TaskState.RUNNING
+                and flight.record.task_start_ns is not None
+            ):
+                # its /tasks/start was seen: nothing was missed, it waits for readiness
+                continue
             if task is not None and task.state in _PAST_START:
                 flight.reconcile_state = task.state
                 flight.reconcile_deadline_ns = grace_deadline

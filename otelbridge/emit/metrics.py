@@ -54,9 +54,8 @@ import dataclasses
 import logging
 import math
 import os
-import re
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final
 
 import grpc
@@ -77,12 +76,8 @@ from opentelemetry.sdk.metrics.export import (
     InMemoryMetricReader,
     MetricExporter,
     MetricReader,
-    MetricsData,
     PeriodicExportingMetricReader,
 )
-from opentelemetry.sdk.metrics.export import Gauge as GaugeData
-from opentelemetry.sdk.metrics.export import Histogram as HistogramData
-from opentelemetry.sdk.metrics.export import Sum as SumData
 from opentelemetry.sdk.resources import Resource as SdkResource
 
 from otelbridge import __version__, sla
@@ -92,7 +87,8 @@ from otelbridge.core.counters import Counters
 from otelbridge.core.errors import ConfigError
 from otelbridge.core.logutil import LogThrottle, ThrottledLogger
 from otelbridge.core.model import StartupRecord
-from otelbridge.export.otlp import endpoint_problem, parse_key_values, signal_endpoint
+from otelbridge.emit.prometheus import PROMETHEUS_CONTENT_TYPE, prometheus_name, render_prometheus
+from otelbridge.export.otlpenv import OtlpConfig, OtlpProtocol
 
 __all__ = [
     "DEFAULT_METRICS_EXPORTERS",
@@ -111,8 +107,6 @@ _tlog = ThrottledLogger(log)
 METRICS_EXPORTER_NAMES: Final = ("otlp", "prometheus", "none")
 #: What an unset ``OTEL_METRICS_EXPORTER`` means.
 DEFAULT_METRICS_EXPORTERS: Final = ("otlp", "prometheus")
-#: The content type of the text exposition format.
-PROMETHEUS_CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 #: Repeated OTLP export failures are logged at most once per this many seconds per kind.
 EXPORT_LOG_INTERVAL_S: Final = 300.0
 #: What :meth:`BridgeMetrics.shutdown` allows the last OTLP export by default, in seconds:
@@ -120,11 +114,6 @@ EXPORT_LOG_INTERVAL_S: Final = 300.0
 #: exit for the exporter's retries (up to ``OTEL_EXPORTER_OTLP_TIMEOUT``, 10 s).
 DEFAULT_SHUTDOWN_TIMEOUT_S: Final = 2.0
 
-_DEFAULT_GRPC_ENDPOINT: Final = "http://localhost:4317"
-_DEFAULT_HTTP_ENDPOINT: Final = "http://localhost:4318/v1/metrics"
-_METRICS_PATH: Final = "/v1/metrics"
-_OTLP_PREFIX: Final = "OTEL_EXPORTER_OTLP_"
-_PROTOCOLS: Final = ("grpc", "http/protobuf")
 
 #: The SDK loggers that report OTLP metric export failures (see the module docstring).
 _EXPORT_LOGGERS: Final = (
@@ -146,6 +135,9 @@ _CUMULATIVE: Final[dict[type, AggregationTemporality]] = {
 
 
 # -- configuration ----------------------------------------------------------------------------
+_PROTOCOLS: Final[tuple[OtlpProtocol, ...]] = ("grpc", "http/protobuf")  # the SDK has no JSON
+
+
 @dataclasses.dataclass(frozen=True)
 class MetricsConfig:
     """Which metric readers run and where OTLP metrics go. Defaults live here only."""
@@ -160,27 +152,10 @@ class MetricsConfig:
     export_timeout_s: float = 30.0
     """Time allowed for one collection and export (``OTEL_METRIC_EXPORT_TIMEOUT``, ms)."""
 
-    endpoint: str = _DEFAULT_GRPC_ENDPOINT
-    """OTLP target. gRPC: ``http://host:port`` (plaintext), ``https://host:port`` (TLS) or
-    ``host:port`` (TLS unless ``insecure``). HTTP: the complete metrics URL."""
-
-    protocol: str = "grpc"
-    """``grpc`` or ``http/protobuf``."""
-
-    headers: Mapping[str, str] = dataclasses.field(default_factory=dict)
-    """Sent with every export (gRPC metadata, keys lowercased; or HTTP headers)."""
-
-    timeout_s: float = 10.0
-    """Time allowed for one OTLP export request, retries included (``_TIMEOUT``, ms)."""
-
-    insecure: bool = False
-    """gRPC only, for an endpoint without a scheme: plaintext instead of TLS."""
-
-    compression: str = "none"
-    """``gzip`` or ``none``."""
-
-    certificate: str | None = None
-    """PEM file of the CA(s) that sign the receiver's certificate; ``None``: the system's."""
+    otlp: OtlpConfig = dataclasses.field(default_factory=OtlpConfig)
+    """Where OTLP metrics go: ``OTEL_EXPORTER_OTLP_[METRICS_]*``, read by the same reader
+    as the spans' (:class:`otelbridge.export.otlpenv.OtlpConfig`), ``grpc`` or
+    ``http/protobuf``; its ``timeout_s`` covers one export request, retries included."""
 
     def validate(self) -> list[str]:
         """Every problem of this configuration (empty when it is usable)."""
@@ -188,41 +163,25 @@ class MetricsConfig:
         unknown = [n for n in self.exporters if n not in METRICS_EXPORTER_NAMES or n == "none"]
         if unknown:
             problems.append(f"exporters: unknown {', '.join(map(repr, unknown))}")
-        for name in ("export_interval_s", "export_timeout_s", "timeout_s"):
+        for name in ("export_interval_s", "export_timeout_s"):
             value = getattr(self, name)
             if not math.isfinite(value) or value <= 0:
                 problems.append(f"{name}: must be a positive duration")
-        if self.protocol not in _PROTOCOLS:
-            problems.append(f"protocol: {self.protocol!r} is not one of {', '.join(_PROTOCOLS)}")
-        else:
-            reason = endpoint_problem(self.endpoint, self.protocol)
-            if reason:
-                problems.append(f"endpoint: {reason}")
-        if self.compression not in ("none", "gzip"):
-            problems.append(f"compression: {self.compression!r} is not one of none, gzip")
-        if self.certificate is not None and not os.path.isfile(self.certificate):
-            problems.append(f"certificate: {self.certificate!r} is not a readable file")
+        problems.extend(f"otlp.{p}" for p in self.otlp.validate(_PROTOCOLS))
         return problems
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> MetricsConfig:
         """Reads ``OTEL_METRICS_EXPORTER``, ``OTEL_METRIC_EXPORT_INTERVAL`` /
-        ``_TIMEOUT`` and the ``OTEL_EXPORTER_OTLP_[METRICS_]*`` variables.
-
-        As for spans (:meth:`otelbridge.export.otlp.OtlpConfig.from_env`): the ``METRICS_``
-        variable of a setting wins over the generic one, empty values count as unset,
-        durations are milliseconds, headers are ``k=v,k2=v2`` percent-encoded. With
-        ``http/protobuf`` the generic endpoint is a base URL that gets ``/v1/metrics``;
-        ``OTEL_EXPORTER_OTLP_METRICS_ENDPOINT`` is used as is. The SDK has no OTLP/JSON
-        metric exporter: a generic ``OTEL_EXPORTER_OTLP_PROTOCOL=http/json`` (meant for
-        the spans) sends metrics as ``http/protobuf`` to the same receiver, while
-        ``OTEL_EXPORTER_OTLP_METRICS_PROTOCOL=http/json`` is an error.
+        ``_TIMEOUT`` (milliseconds) and the ``OTEL_EXPORTER_OTLP_[METRICS_]*`` variables
+        (:meth:`~otelbridge.export.otlpenv.OtlpConfig.from_env`; a generic
+        ``OTEL_EXPORTER_OTLP_PROTOCOL=http/json`` meant for the spans sends metrics as
+        ``http/protobuf`` to the same receiver).
 
         Raises :class:`~otelbridge.core.errors.ConfigError` listing every invalid variable.
         """
         problems: list[str] = []
-
-        raw = _get(environ, "OTEL_METRICS_EXPORTER")
+        raw = environ.get("OTEL_METRICS_EXPORTER", "").strip()
         names: list[str] = []
         for item in raw.split(",") if raw else DEFAULT_METRICS_EXPORTERS:
             name = item.strip().lower()
@@ -239,91 +198,22 @@ class MetricsConfig:
         exporters = tuple(n for n in names if n in ("otlp", "prometheus"))
         if not names:
             exporters = DEFAULT_METRICS_EXPORTERS
-
         interval_s = _millis(environ, "OTEL_METRIC_EXPORT_INTERVAL", 60.0, problems)
         export_timeout_s = _millis(environ, "OTEL_METRIC_EXPORT_TIMEOUT", 30.0, problems)
-
-        name, raw = _lookup(environ, "PROTOCOL")
-        protocol = "grpc"
-        if raw is not None:
-            value = raw.lower()
-            if value in _PROTOCOLS:
-                protocol = value
-            elif value == "http/json" and name == _OTLP_PREFIX + "PROTOCOL":
-                protocol = "http/protobuf"
-            else:
-                problems.append(f"{name}: {raw!r} is not one of {', '.join(_PROTOCOLS)}")
-
-        endpoint = signal_endpoint(environ, "METRICS", _METRICS_PATH, protocol, problems)
-
-        headers: dict[str, str] = {}
-        name, raw = _lookup(environ, "HEADERS")
-        if raw is not None:
-            headers, header_problems = parse_key_values(raw)
-            problems.extend(f"{name}: {p}" for p in header_problems)
-
-        timeout_s = 10.0
-        name, raw = _lookup(environ, "TIMEOUT")
-        if raw is not None:
-            timeout_s = _millis_value(name, raw, 10.0, problems)
-
-        insecure = False
-        name, raw = _lookup(environ, "INSECURE")
-        if raw is not None:
-            if raw.lower() in ("true", "false"):
-                insecure = raw.lower() == "true"
-            else:
-                problems.append(f"{name}: {raw!r} is neither true nor false")
-
-        compression = "none"
-        name, raw = _lookup(environ, "COMPRESSION")
-        if raw is not None:
-            if raw.lower() in ("gzip", "none"):
-                compression = raw.lower()
-            else:
-                problems.append(f"{name}: {raw!r} is not one of none, gzip")
-
-        name, certificate = _lookup(environ, "CERTIFICATE")
-        if certificate is not None and not os.path.isfile(certificate):
-            problems.append(f"{name}: {certificate!r} is not a readable file")
-
+        otlp = OtlpConfig()
+        try:
+            otlp = OtlpConfig.from_env(environ, "METRICS", protocols=_PROTOCOLS)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
         if problems:
             raise ConfigError(problems)
-        return cls(
-            exporters=exporters,
-            export_interval_s=interval_s,
-            export_timeout_s=export_timeout_s,
-            endpoint=endpoint,
-            protocol=protocol,
-            headers=headers,
-            timeout_s=timeout_s,
-            insecure=insecure,
-            compression=compression,
-            certificate=certificate,
-        )
-
-
-def _get(environ: Mapping[str, str], name: str) -> str | None:
-    value = environ.get(name, "").strip()
-    return value or None
-
-
-def _lookup(environ: Mapping[str, str], setting: str) -> tuple[str, str | None]:
-    """The metrics-specific variable if set, else the generic one: (name, value)."""
-    specific = _OTLP_PREFIX + "METRICS_" + setting
-    value = _get(environ, specific)
-    if value is not None:
-        return specific, value
-    generic = _OTLP_PREFIX + setting
-    return generic, _get(environ, generic)
+        return cls(exporters, interval_s, export_timeout_s, otlp)
 
 
 def _millis(environ: Mapping[str, str], name: str, default_s: float, problems: list[str]) -> float:
-    raw = _get(environ, name)
-    return default_s if raw is None else _millis_value(name, raw, default_s, problems)
-
-
-def _millis_value(name: str, raw: str, default_s: float, problems: list[str]) -> float:
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return default_s
     try:
         value = float(raw) / 1000.0
     except ValueError:
@@ -335,8 +225,9 @@ def _millis_value(name: str, raw: str, default_s: float, problems: list[str]) ->
     return value
 
 
-def _otlp_exporter(config: MetricsConfig) -> MetricExporter:
-    """The SDK's OTLP metric exporter for ``config``, every setting passed explicitly."""
+def _otlp_exporter(metrics: MetricsConfig) -> MetricExporter:
+    """The SDK's OTLP metric exporter for ``metrics``, every setting passed explicitly."""
+    config = metrics.otlp
     if config.protocol == "grpc":
         from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import (  # noqa: PLC0415
             OTLPMetricExporter as GrpcMetricExporter,
@@ -679,149 +570,3 @@ def _default_resource(environ: Mapping[str, str]) -> Resource:
 def _attributes_of(resource: Resource) -> dict[str, str]:
     """The string attributes of a protobuf ``Resource`` (all of otelbridge's are)."""
     return {kv.key: kv.value.string_value for kv in resource.attributes}
-
-
-# -- Prometheus text exposition format ---------------------------------------------------------
-_UNIT_SUFFIXES: Final = {
-    "s": "seconds",
-    "ms": "milliseconds",
-    "us": "microseconds",
-    "ns": "nanoseconds",
-    "By": "bytes",
-    "%": "percent",
-}
-_INVALID_NAME = re.compile(r"[^a-zA-Z0-9_:]+")
-_INVALID_LABEL = re.compile(r"[^a-zA-Z0-9_]+")
-
-
-def prometheus_name(name: str, unit: str, kind: str) -> str:
-    """The Prometheus metric name of an OpenTelemetry metric (the OpenTelemetry
-    specification's Prometheus compatibility rules): invalid characters become ``_``;
-    the unit, with its ``{annotations}`` dropped and ``s`` spelled ``seconds``, is
-    appended unless the name already ends with it (``1`` becomes ``ratio`` for gauges
-    only); ``kind`` ``counter`` adds ``_total``. ``kind``: ``counter``, ``gauge`` or
-    ``histogram``."""
-    out = _INVALID_NAME.sub("_", name).strip("_")
-    if out[:1].isdigit():
-        out = "_" + out
-    unit = re.sub(r"\{[^}]*\}", "", unit).strip()
-    if unit == "1":
-        unit = "ratio" if kind == "gauge" else ""
-    suffix = _INVALID_NAME.sub("_", _UNIT_SUFFIXES.get(unit, unit)).strip("_")
-    if suffix and not out.endswith("_" + suffix):
-        out += "_" + suffix
-    if kind == "counter" and not out.endswith("_total"):
-        out += "_total"
-    return out
-
-
-def _label_name(key: str) -> str:
-    out = _INVALID_LABEL.sub("_", key)
-    return "key_" + out if out[:1].isdigit() else out
-
-
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-def _value_text(value: object) -> str:
-    if isinstance(value, str):
-        return value
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, Sequence):
-        return "[" + ",".join(_value_text(v) for v in value) + "]"
-    return str(value)
-
-
-def _labels(attributes: Mapping[str, object] | None, extra: str = "") -> str:
-    """``{k="v",...}`` (sorted; keys that sanitize alike are merged with ``;``)."""
-    merged: dict[str, list[str]] = {}
-    for key, value in sorted((attributes or {}).items()):
-        name = _label_name(key)
-        if name:
-            merged.setdefault(name, []).append(_value_text(value))
-    parts = [f'{k}="{_escape(";".join(v))}"' for k, v in sorted(merged.items())]
-    if extra:
-        parts.append(extra)
-    return "{" + ",".join(parts) + "}" if parts else ""
-
-
-def _number(value: float) -> str:
-    if isinstance(value, int):
-        return str(value)
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    return repr(float(value))
-
-
-def render_prometheus(data: MetricsData | None) -> bytes:
-    """Cumulative SDK metrics as the Prometheus text exposition format 0.0.4.
-
-    Sums become ``counter`` (monotonic, ``_total``) or ``gauge``; gauges ``gauge``;
-    explicit-bucket histograms ``histogram`` with cumulative ``_bucket{le=...}`` series
-    ending at ``le="+Inf"``, then ``_sum`` and ``_count``. Names follow
-    :func:`prometheus_name`; attribute keys become label names with invalid characters
-    replaced by ``_``. The resource's attributes are a ``target_info`` gauge. A metric
-    whose name a metric of another kind already took is left out (logged at debug)."""
-    families: dict[str, tuple[str, str, list[str]]] = {}  # name -> (type, help, samples)
-    target: dict[str, object] = {}
-    for resource_metrics in data.resource_metrics if data is not None else ():
-        target.update(resource_metrics.resource.attributes)
-        for scope_metrics in resource_metrics.scope_metrics:
-            for metric in scope_metrics.metrics:
-                _render_metric(
-                    metric.name, metric.unit or "", metric.description or "", metric.data, families
-                )
-    lines: list[str] = []
-    if target:
-        lines += [
-            "# HELP target_info Target metadata",
-            "# TYPE target_info gauge",
-            f"target_info{_labels(target)} 1",
-        ]
-    for name, (kind, description, samples) in families.items():
-        help_text = description.replace("\\", "\\\\").replace("\n", "\\n")
-        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", *samples]
-    return ("\n".join(lines) + "\n").encode() if lines else b""
-
-
-def _render_metric(
-    otel_name: str,
-    unit: str,
-    description: str,
-    data: object,
-    families: dict[str, tuple[str, str, list[str]]],
-) -> None:
-    if isinstance(data, SumData):
-        kind = "counter" if data.is_monotonic else "gauge"
-    elif isinstance(data, GaugeData):
-        kind = "gauge"
-    elif isinstance(data, HistogramData):
-        kind = "histogram"
-    else:
-        log.debug("metric %s: %s is not rendered for Prometheus", otel_name, type(data).__name__)
-        return
-    name = prometheus_name(otel_name, unit, kind)
-    family = families.setdefault(name, (kind, description, []))
-    if family[0] != kind:
-        log.debug("metric %s: %s already names a %s", otel_name, name, family[0])
-        return
-    samples = family[2]
-    if isinstance(data, HistogramData):
-        for point in data.data_points:
-            cumulative = 0
-            for bound, count in zip(point.explicit_bounds, point.bucket_counts, strict=False):
-                cumulative += count
-                le = f'le="{_number(float(bound))}"'
-                samples.append(f"{name}_bucket{_labels(point.attributes, le)} {cumulative}")
-            inf = 'le="+Inf"'
-            samples.append(f"{name}_bucket{_labels(point.attributes, inf)} {point.count}")
-            samples.append(f"{name}_sum{_labels(point.attributes)} {_number(point.sum)}")
-            samples.append(f"{name}_count{_labels(point.attributes)} {point.count}")
-        return
-    assert isinstance(data, SumData | GaugeData)
-    for number in data.data_points:
-        samples.append(f"{name}{_labels(number.attributes)} {_number(number.value)}")

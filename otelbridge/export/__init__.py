@@ -2,23 +2,28 @@
 
 The emit stage builds ``opentelemetry.proto.trace.v1.Span`` messages directly (the
 OpenTelemetry SDK's per-span path is several times too slow for the replay bar, see
-docs/design.md). A :class:`BatchProcessor` queues them, groups them into one
-``ExportTraceServiceRequest`` per batch under the bridge's resource and scope, and hands
-each request to every configured :class:`SpanExporter`.
+docs/design.md). They wait in a *storage* (:mod:`~otelbridge.export.storage`: memory, or
+the SQLite spool of :mod:`~otelbridge.export.spool`), and the one delivery engine
+(:mod:`~otelbridge.export.delivery`) sends them, one lane per configured
+:class:`SpanExporter`, each request one ``ExportTraceServiceRequest`` under the bridge's
+resource and scope.
 
 Layers and who retries:
 
 * an exporter makes **one** attempt and says how it went (:class:`ExportResult`); it
   never sleeps or loops;
-* the batch processor retries ``RETRY`` results with capped exponential backoff
-  (tenacity) until ``max_elapsed`` has passed, then drops the batch and counts it.
+* the delivery engine retries ``RETRY`` results of one exporter with the one backoff
+  (:class:`~otelbridge.core.backoff.Backoff`), keeping each exporter's progress apart:
+  a batch is never sent again to an exporter that took it.
 
 An exporter that learns more than the result (an OTLP partial success, a delay the
-receiver asked for) also implements :class:`ReportsFeedback`; the processor asks for the
-:class:`ExportFeedback` right after each ``export``.
+receiver asked for, the error) also implements :class:`ReportsFeedback`; the engine asks
+for the :class:`ExportFeedback` right after each ``export``.
 
-Modules: :mod:`~otelbridge.export.batch` (the processor and its config),
-:mod:`~otelbridge.export.otlp` (OTLP/gRPC and OTLP/HTTP exporters, ``OTEL_EXPORTER_OTLP_*``),
+Modules: :mod:`~otelbridge.export.delivery` (the engine and its config),
+:mod:`~otelbridge.export.storage` and :mod:`~otelbridge.export.spool` (where spans wait),
+:mod:`~otelbridge.export.otlp` (OTLP/gRPC and OTLP/HTTP exporters),
+:mod:`~otelbridge.export.otlpenv` (the one reader of ``OTEL_EXPORTER_OTLP_*``),
 :mod:`~otelbridge.export.files` (jsonl, console, none; the OTLP/JSON encoding),
 :mod:`~otelbridge.export.factory` (exporters and resource from ``OTEL_*`` variables).
 """
@@ -43,7 +48,7 @@ class ExportResult(enum.Enum):
 
 
 class SpanExporter(Protocol):
-    """Delivers OTLP requests somewhere. Called from the batch processor's thread only."""
+    """Delivers OTLP requests somewhere. Called from its delivery lane's thread only."""
 
     def export(self, request: ExportTraceServiceRequest, span_count: int) -> ExportResult:
         """Sends ``request`` (holding ``span_count`` spans) once. Must not raise."""
@@ -61,11 +66,14 @@ class ExportFeedback:
     ``rejected_spans`` goes with ``SUCCESS``: the receiver accepted the request but refused
     that many spans (OTLP partial success); they count as dropped, the rest as exported.
     ``retry_after_s`` goes with ``RETRY``: the receiver asked to wait at least this long
-    (gRPC ``RetryInfo``, HTTP ``Retry-After``); the batch processor honours it.
+    (gRPC ``RetryInfo``, HTTP ``Retry-After``); the delivery engine honours it.
+    ``error`` goes with ``RETRY`` and ``FAILURE``: what went wrong, in one line, for the
+    engine's log line (which names the exporter).
     """
 
     rejected_spans: int = 0
     retry_after_s: float | None = None
+    error: str = ""
 
 
 NO_FEEDBACK: Final = ExportFeedback()
@@ -75,13 +83,20 @@ NO_FEEDBACK: Final = ExportFeedback()
 class ReportsFeedback(Protocol):
     """Optional: an exporter that can tell more than :class:`ExportResult`.
 
-    The batch processor calls :meth:`last_feedback` right after :meth:`SpanExporter.export`,
+    The delivery engine calls :meth:`last_feedback` right after :meth:`SpanExporter.export`,
     on the same thread, so an exporter can keep it in a plain attribute.
     """
 
     def last_feedback(self) -> ExportFeedback:
         """Feedback from the most recent ``export`` call (:data:`NO_FEEDBACK` if none)."""
         ...
+
+
+def exporter_name(exporter: object) -> str:
+    """How logs and lanes name an exporter: its ``name`` attribute (``otlp/grpc
+    http://collector:4317``, ``jsonl /tmp/spans.jsonl``), else its class name."""
+    name = getattr(exporter, "name", None)
+    return name if isinstance(name, str) and name else type(exporter).__name__
 
 
 __all__ = [
@@ -91,4 +106,5 @@ __all__ = [
     "LogThrottle",
     "ReportsFeedback",
     "SpanExporter",
+    "exporter_name",
 ]

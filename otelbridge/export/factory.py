@@ -18,7 +18,8 @@ from otelbridge.core.errors import ConfigError
 from otelbridge.core.semconv import DEFAULT_SERVICE_NAME, HOST_NAME, SERVICE_NAME
 from otelbridge.export import SpanExporter
 from otelbridge.export.files import ConsoleExporter, JsonlExporter, NoneExporter
-from otelbridge.export.otlp import OtlpConfig, create_exporter, parse_key_values
+from otelbridge.export.otlp import create_exporter
+from otelbridge.export.otlpenv import OtlpConfig, parse_key_values
 
 __all__ = ["EXPORTER_NAMES", "build_exporters", "build_resource"]
 

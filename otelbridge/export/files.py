@@ -168,11 +168,13 @@ class JsonlExporter:
 
     def __init__(self, path_or_stream: str | os.PathLike[str] | TextIO | None = None) -> None:
         self._owned = False
+        self.name = "jsonl stdout"
         if path_or_stream is None or path_or_stream == "-":
             self._stream: TextIO = sys.stdout
         elif isinstance(path_or_stream, str | os.PathLike):
             self._stream = open(path_or_stream, "a", encoding="utf-8")  # noqa: SIM115
             self._owned = True
+            self.name = f"jsonl {os.fspath(path_or_stream)}"
         else:
             self._stream = path_or_stream
         self._closed = False

@@ -50,7 +50,6 @@ import heapq
 import json
 import logging
 import os
-import random
 import threading
 import time
 from collections import deque
@@ -59,7 +58,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import tenacity
 from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
@@ -70,6 +68,7 @@ from kubernetes.config.incluster_config import (
 )
 
 from otelbridge.core import semconv
+from otelbridge.core.backoff import Backoff
 from otelbridge.core.clock import Clock, SystemClock
 from otelbridge.core.config import ReadinessConfig
 from otelbridge.core.counters import Counters
@@ -236,9 +235,9 @@ class KubernetesSource:
         self._node = node_name
         self._clock: Clock = clock if clock is not None else SystemClock()
         self._watch_timeout_s = watch_timeout_s
-        self._backoff = tenacity.wait_exponential(
-            multiplier=backoff_initial_s, min=backoff_initial_s, max=backoff_max_s
-        )
+        # half of each delay random: the bridges of all nodes lose the API server
+        # together, and must not come back in lockstep
+        self._backoff = Backoff(initial_s=backoff_initial_s, max_s=backoff_max_s, jitter=0.5)
         self._api: Any = None
         self._api_client: Any = None
         if self._enabled:
@@ -507,12 +506,7 @@ class KubernetesSource:
                 return
 
     def _delay(self, attempt: int) -> float:
-        state = tenacity.RetryCallState(tenacity.Retrying(), None, (), {})
-        state.attempt_number = attempt
-        base = float(self._backoff(state))
-        # half of it random: the bridges of all nodes lose the API server together, and
-        # must not come back in lockstep
-        return base / 2 + random.uniform(0, base / 2)
+        return self._backoff.delay(attempt)
 
     def _log_failure(self, exc: Exception, delay: float) -> None:
         if isinstance(exc, ApiException):

@@ -4,13 +4,19 @@ Two input formats, told apart by the first non-blank character:
 
 * **otelbridge recordings** (``otelbridge record``), JSON lines, lossless::
 
-    {"format": "otelbridge-recording", "version": 1, ...}                  header
+    {"format": "otelbridge-recording", "version": 2, "verdicts": true, ...}  header
     {"container": {"ns": ..., "id": ..., "labels": {...}, ...}}             a container record
     {"ts": 1700000000004000000, "ns": "default", "topic": "/containers/create",
      "type_url": "containerd.events.ContainerCreate", "payload": "<base64>"}
+    {"ready": {"ns": ..., "id": ..., "attempt": 1, "at": ..., "source": "probe",
+               "ok": true, "reason": ""}}                                  a readiness verdict
 
-  A container's record is written just before its ``/containers/create`` envelope, so a
-  replay knows its labels, annotations and trace context when the container appears.
+  The recorder sees what the live pipeline's event thread processes, in its order: the
+  envelopes, and every readiness verdict (a probe's, the kubelet's, and ``started``
+  decided by the bridge), so a replay gives the live run's spans, IDs and verdicts. A
+  container's record is written as soon as the bridge read it (before the bridge used
+  it); a replay looks records up when it needs them. Version 1 recordings (records before
+  their ``/containers/create``, no verdicts) are still read; any other version is refused.
 
 * **``ctr events`` output**, one event per line:
   ``2026-11-28 11:42:03.12107084 +0000 UTC demo /tasks/start {"container_id":...}``.
@@ -18,7 +24,9 @@ Two input formats, told apart by the first non-blank character:
   go through the same decoder. Timestamps keep every nanosecond digit ``ctr`` printed.
 
 A line that cannot be read is logged (with its number) and counted as
-``otelbridge.events.malformed``; reading goes on.
+``otelbridge.events.malformed``; reading goes on. A file none of whose lines can be read,
+or whose header names an unknown format or version, raises
+:class:`~otelbridge.core.errors.DecodeError` (the command exits non-zero).
 """
 
 from __future__ import annotations
@@ -26,10 +34,12 @@ from __future__ import annotations
 import base64
 import binascii
 import calendar
+import itertools
 import json
 import logging
 import re
 import sys
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import IO, Any
@@ -38,14 +48,22 @@ from google.protobuf import json_format
 
 from otelbridge.core import semconv
 from otelbridge.core.counters import Counters
-from otelbridge.core.errors import NotFound
+from otelbridge.core.errors import DecodeError, NotFound
 from otelbridge.core.logutil import ThrottledLogger
-from otelbridge.core.model import ContainerInfo, CriInfo, LifecycleEvent, RawEnvelope
-from otelbridge.decode import MESSAGE_FOR_TOPIC, TYPE_URL_FOR_TOPIC, decode
+from otelbridge.core.model import (
+    ContainerInfo,
+    ContainerKey,
+    CriInfo,
+    RawEnvelope,
+    ReadySignal,
+    SourceItem,
+)
+from otelbridge.decode import MESSAGE_FOR_TOPIC, TYPE_URL_FOR_TOPIC
 
 _log = ThrottledLogger(logging.getLogger(__name__))
 FORMAT = "otelbridge-recording"
-VERSION = 1
+VERSION = 2
+VERSIONS = (1, 2)  # what this reader understands
 MAX_LINE = 4 * 1024 * 1024  # a line longer than this is not an event
 
 _CTR_LINE = re.compile(
@@ -155,15 +173,64 @@ def _container(obj: Mapping[str, Any]) -> ContainerInfo:
     )
 
 
-def _json_line(obj: Any) -> RawEnvelope | ContainerInfo | None:
+def ready_line(signal: ReadySignal) -> str:
+    return json.dumps(
+        {
+            "ready": {
+                "ns": signal.key.namespace,
+                "id": signal.key.id,
+                "attempt": signal.attempt,
+                "at": signal.at_ns,
+                "source": signal.source,
+                "ok": signal.ok,
+                "reason": signal.reason,
+            }
+        },
+        separators=(",", ":"),
+    )
+
+
+def _ready(obj: Any) -> ReadySignal:
+    if not isinstance(obj, dict):
+        raise ValueError("ready must be an object")
+    attempt = obj["attempt"]
+    if not isinstance(attempt, int) or isinstance(attempt, bool) or attempt < 1:
+        raise ValueError("ready.attempt must be a positive integer")
+    if not isinstance(obj.get("ok", True), bool):
+        raise ValueError("ready.ok must be true or false")
+    return ReadySignal(
+        ContainerKey(str(obj["ns"]), str(obj["id"])),
+        attempt,
+        _int_ns(obj["at"], "ready.at"),
+        str(obj["source"]),
+        bool(obj.get("ok", True)),
+        str(obj.get("reason", "")),
+    )
+
+
+def _header(obj: Mapping[str, Any], recording: Recording | None) -> None:
+    if obj.get("format") != FORMAT:
+        raise DecodeError(f"unknown format {obj.get('format')!r}: not an otelbridge recording")
+    version = obj.get("version")
+    if version not in VERSIONS:
+        raise DecodeError(
+            f"recording version {version!r} is not one this otelbridge reads "
+            f"({', '.join(map(str, VERSIONS))}): it was written by another version"
+        )
+    if recording is not None:
+        recording.version = int(version)
+        recording.verdicts = bool(obj.get("verdicts", False))
+
+
+def _json_line(obj: Any) -> RawEnvelope | ContainerInfo | ReadySignal | dict[str, Any]:
     if not isinstance(obj, dict):
         raise ValueError("not a JSON object")
     if "format" in obj:
-        if obj.get("format") != FORMAT:
-            raise ValueError(f"unknown format {obj.get('format')!r}")
-        return None
+        return obj
     if "container" in obj:
         return _container(obj["container"])
+    if "ready" in obj:
+        return _ready(obj["ready"])
     return RawEnvelope(
         _int_ns(obj["ts"], "ts"),
         str(obj["ns"]),
@@ -200,14 +267,21 @@ def parse_ctr_line(line: str) -> RawEnvelope:
 
 @dataclass
 class Recording:
-    """What a reader found: envelopes are streamed, container records collected.
+    """What a reader found: items are streamed, container records collected.
 
     ``admit`` (the enricher's) trims each record as it is stored, so a long recording
-    holds only what the bridge reads of each container.
+    holds only what the bridge reads of each container. ``kind`` is ``recording`` or
+    ``ctr`` (plain ``ctr events`` output: no records, so no labels and no rollout links)
+    once the first line was read; ``verdicts``: the recording holds every readiness
+    verdict (a replay then takes them, not its own decisions).
     """
 
     containers: dict[tuple[str, str], ContainerInfo] = field(default_factory=dict)
     admit: Callable[[ContainerInfo], ContainerInfo] | None = None
+    kind: str = ""
+    version: int = 0
+    verdicts: bool = False
+    readable: int = 0  # lines read as something
 
     def store(self, info: ContainerInfo) -> None:
         self.containers[(info.namespace, info.id)] = (
@@ -221,25 +295,30 @@ class Recording:
             raise NotFound(f"{namespace}/{container_id}: not in the recording") from None
 
 
-def read_events(
+def read_items(
     lines: Iterable[str], counters: Counters, recording: Recording | None = None
-) -> Iterator[RawEnvelope]:
-    """Envelopes from a recording or ``ctr events`` output; container records go into
-    ``recording``. Never raises on bad lines: they are logged and counted."""
+) -> Iterator[SourceItem]:
+    """Envelopes and readiness verdicts from a recording or ``ctr events`` output, in
+    order; container records go into ``recording``. Bad lines are logged and counted; a
+    header naming an unknown format or version raises DecodeError, and so does a file
+    with lines none of which could be read."""
     text_format: bool | None = None
+    bad = good = 0
     for number, raw in enumerate(lines, 1):
         line = raw.strip()
         if not line:
             continue
         if text_format is None:
             text_format = not line.startswith("{")
+            if recording is not None:
+                recording.kind = "ctr" if text_format else "recording"
         try:
             if len(line) > MAX_LINE:
                 raise ValueError(f"line longer than {MAX_LINE} bytes")
             if text_format:
-                yield parse_ctr_line(line)
-                continue
-            item = _json_line(json.loads(line))
+                item: Any = parse_ctr_line(line)
+            else:
+                item = _json_line(json.loads(line))
         except (
             ValueError,  # bad JSON, bad fields, bad timestamps (json's errors are ValueErrors)
             KeyError,
@@ -249,13 +328,34 @@ def read_events(
             binascii.Error,
             json_format.ParseError,
         ) as exc:
+            bad += 1
             counters.inc(semconv.EVENTS_MALFORMED)
             _log.warning("line", "line %d: skipped, cannot be read (%s)", number, exc)
             continue
+        good += 1
+        if recording is not None:
+            recording.readable = good
+        if isinstance(item, dict):
+            _header(item, recording)
+        elif isinstance(item, ContainerInfo):
+            if recording is not None:
+                recording.store(item)
+        else:
+            yield item
+    if bad and not good:
+        raise DecodeError(
+            f"none of its {bad} lines could be read: not an otelbridge recording or "
+            "`ctr events` output"
+        )
+
+
+def read_events(
+    lines: Iterable[str], counters: Counters, recording: Recording | None = None
+) -> Iterator[RawEnvelope]:
+    """The envelopes of :func:`read_items` (verdicts left out)."""
+    for item in read_items(lines, counters, recording):
         if isinstance(item, RawEnvelope):
             yield item
-        elif item is not None and recording is not None:
-            recording.store(item)
 
 
 def bounded_lines(stream: IO[str], max_line: int = MAX_LINE) -> Iterator[str]:
@@ -274,6 +374,30 @@ def bounded_lines(stream: IO[str], max_line: int = MAX_LINE) -> Iterator[str]:
         yield line
 
 
+def open_items(
+    lines: Iterable[str], counters: Counters, recording: Recording
+) -> Iterator[SourceItem]:
+    """:func:`read_items`, with the first line read at once: ``recording`` knows its
+    kind, version and whether it holds verdicts before the first item is taken. Raises
+    DecodeError now for a header this reader refuses."""
+    it = iter(lines)
+    first = ""
+    for line in it:
+        if line.strip():
+            first = line
+            break
+    head = first.strip()
+    recording.kind = "" if not head else "recording" if head.startswith("{") else "ctr"
+    if head.startswith("{"):
+        try:
+            obj = json.loads(head)
+        except ValueError:
+            obj = None
+        if isinstance(obj, dict) and "format" in obj:
+            _header(obj, recording)
+    return read_items(itertools.chain([first] if first else [], it), counters, recording)
+
+
 def open_text(path: str) -> IO[str]:
     """A recording to read: a path, or ``-`` for standard input."""
     if path == "-":
@@ -282,78 +406,69 @@ def open_text(path: str) -> IO[str]:
 
 
 class Recorder:
-    """A live-source sink writing a lossless recording (see the module docstring).
+    """Writes a recording of what a live pipeline's event thread processes (see the
+    module docstring): wire :meth:`item` as the pipeline's ``tap`` (it sees the items and
+    the verdicts the bridge decided), :meth:`record` as its record desk's ``on_read``.
 
-    Called on the source thread. On ``/containers/create`` it reads the container's
-    record first and writes it before the envelope (a container already gone is
-    recorded without it). Reconcile listings are not recorded: a recording holds what
-    containerd published.
+    :meth:`record` may be called from any thread (the lookup threads); the rest from the
+    event thread. A write error (a full disk, a closed pipe) ends the recording: it is
+    kept in ``error`` and told to ``on_error`` once; nothing is written after it.
     """
 
     def __init__(
         self,
         out: IO[str],
-        lookup: Any,
         counters: Counters,
         *,
         max_events: int = 0,
-        on_limit: Any = None,
+        on_limit: Callable[[], None] | None = None,
+        on_error: Callable[[OSError], None] | None = None,
     ) -> None:
         self._out = out
-        self._lookup = lookup
         self._counters = counters
         self._max = max_events
         self._on_limit = on_limit
+        self._on_error = on_error
+        self._lock = threading.Lock()
         self.events = 0
-        self._written: set[tuple[str, str]] = set()  # container records in the file
+        self.verdicts = 0
+        self._written: set[tuple[str, str, int]] = set()  # records in the file
+        self.error: OSError | None = None
 
     def header(self, **extra: Any) -> None:
-        self._out.write(header_line(**extra) + "\n")
-        self._out.flush()
+        self._write(header_line(verdicts=True, **extra))
 
-    def __call__(self, item: object) -> None:
-        if not isinstance(item, RawEnvelope):
-            return
+    def _write(self, line: str) -> None:
+        with self._lock:
+            if self.error is not None:
+                return
+            try:
+                self._out.write(line + "\n")
+                self._out.flush()
+                return
+            except OSError as exc:
+                self.error = error = exc
+        if self._on_error is not None:
+            self._on_error(error)
+
+    def item(self, item: SourceItem) -> None:
+        """An envelope or a readiness verdict, as the event thread takes it."""
         if self._max and self.events >= self._max:
             return
-        self._counters.inc(semconv.EVENTS_RECEIVED)
-        if item.topic == "/containers/create" and self._lookup is not None:
-            event_id = _container_id(item)
-            if event_id:
-                info = self._read(item.namespace, event_id)
-                if info is not None:
-                    cri = info.cri
-                    # a recording begun after the sandbox must still know the pod
-                    if (
-                        cri is not None
-                        and cri.kind == "container"
-                        and cri.sandbox_id
-                        and (item.namespace, cri.sandbox_id) not in self._written
-                    ):
-                        sandbox = self._read(item.namespace, cri.sandbox_id)
-                        if sandbox is not None:
-                            self._write(sandbox)
-                    self._write(info)
-        self._out.write(envelope_line(item) + "\n")
-        self._out.flush()
-        self.events += 1
-        if self._max and self.events >= self._max and self._on_limit is not None:
-            self._on_limit()
+        if isinstance(item, RawEnvelope):
+            self._write(envelope_line(item))
+            self.events += 1
+            if self._max and self.events >= self._max and self._on_limit is not None:
+                self._on_limit()
+        elif isinstance(item, ReadySignal):
+            self._write(ready_line(item))
+            self.verdicts += 1
 
-    def _read(self, namespace: str, container_id: str) -> ContainerInfo | None:
-        try:
-            info: ContainerInfo = self._lookup(namespace, container_id)
-        except Exception as exc:  # NotFound for short-lived containers, or worse
-            self._counters.inc(semconv.METADATA_FAILED)
-            _log.info("record-lookup", "%s/%s: no record (%s)", namespace, container_id, exc)
-            return None
-        return info
-
-    def _write(self, info: ContainerInfo) -> None:
-        self._out.write(container_line(info) + "\n")
-        self._written.add((info.namespace, info.id))
-
-
-def _container_id(env: RawEnvelope) -> str:
-    event = decode(env)
-    return event.subject if isinstance(event, LifecycleEvent) else ""
+    def record(self, info: ContainerInfo) -> None:
+        """A container record as containerd returned it (before it was admitted)."""
+        key = (info.namespace, info.id, info.created_at_ns)
+        with self._lock:
+            if key in self._written:
+                return
+            self._written.add(key)
+        self._write(container_line(info))

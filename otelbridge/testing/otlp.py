@@ -38,8 +38,9 @@ from types import TracebackType
 from typing import Any, Self
 
 import grpc
-from google.protobuf import any_pb2, duration_pb2, json_format
+from google.protobuf import duration_pb2, json_format
 from google.protobuf.message import DecodeError as ProtobufDecodeError
+from google.rpc import error_details_pb2, status_pb2
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTracePartialSuccess,
@@ -560,37 +561,16 @@ class OtlpHttpReceiver(_Collector):
         self.stop()
 
 
-# -- google.rpc.Status, written by hand --------------------------------------------------------
-# googleapis-common-protos is not a dependency; see otelbridge.export.otlp for the reader.
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
-def _length_delimited(number: int, data: bytes) -> bytes:
-    return _varint(number << 3 | 2) + _varint(len(data)) + data
-
-
+# -- google.rpc.Status (googleapis-common-protos) -------------------------------------------
 def encode_status(code: int, message: str, retry_after_s: float | None) -> bytes:
     """A serialized ``google.rpc.Status``, with a ``RetryInfo`` detail if ``retry_after_s``."""
-    out = b""
-    if code:
-        out += _varint(1 << 3) + _varint(code)
-    if message:
-        out += _length_delimited(2, message.encode())
+    status = status_pb2.Status(code=code, message=message)
     if retry_after_s is not None:
         seconds = int(retry_after_s)
-        delay = duration_pb2.Duration(seconds=seconds, nanos=round((retry_after_s - seconds) * 1e9))
-        detail = any_pb2.Any(
-            type_url="type.googleapis.com/google.rpc.RetryInfo",
-            value=_length_delimited(1, delay.SerializeToString()),
+        info = error_details_pb2.RetryInfo(
+            retry_delay=duration_pb2.Duration(
+                seconds=seconds, nanos=round((retry_after_s - seconds) * 1e9)
+            )
         )
-        out += _length_delimited(3, detail.SerializeToString())
-    return out
+        status.details.add().Pack(info)
+    return bytes(status.SerializeToString())

@@ -28,7 +28,7 @@ import pytest
 
 from otelbridge.core import semconv
 from otelbridge.core.counters import Counters
-from otelbridge.durable import StateStore
+from otelbridge.export.spool import StateStore
 from otelbridge.testing.otlp import OtlpReceiver, ReceivedSpan
 from tests.conftest import Namespace
 from tests.integration.processes import Daemon

@@ -23,7 +23,8 @@ from otelbridge.core.clock import FakeClock, SystemClock
 from otelbridge.core.config import Config, EnrichConfig, StateConfig
 from otelbridge.core.counters import Counters
 from otelbridge.core.model import ContainerInfo, ContainerKey, Outcome, RawEnvelope, StartupRecord
-from otelbridge.durable import DB_NAME, Checkpoint, StateStore
+from otelbridge.export.checkpoint import Checkpoint
+from otelbridge.export.spool import DB_NAME, StateStore
 from otelbridge.pipeline import Pipeline, SourceItem
 from otelbridge.testing.events import Timeline
 
@@ -101,7 +102,7 @@ def on_disk(directory: Path) -> tuple[Checkpoint, list[Span]]:
     """What a restarted bridge would find: the checkpoint and the spooled spans."""
     store = StateStore(directory, Counters(), max_spool_bytes=1 << 30)
     try:
-        return store.load(), [Span.FromString(d) for _, d in store.read_batch(100_000)]
+        return store.load(), [Span.FromString(d) for _, d in store.peek(100_000)]
     finally:
         store.close()
 
@@ -334,13 +335,13 @@ def test_a_failing_commit_is_counted_and_retried_with_the_next_checkpoint(runs: 
     first.feed(*envs[:3])
     undo = fail_writes_to(runs.directory, "inflight")
     first.pipeline.checkpoint()
-    assert first.counters.get(semconv.PIPELINE_ERRORS) == 1
+    assert first.counters.get(semconv.STATE_ERRORS) == 1
     cp, _ = on_disk(runs.directory)
     assert cp.in_flight == [] and cp.horizon_ns is None  # rolled back as a whole
 
     undo()  # space again
     first.pipeline.checkpoint()  # no new event: the failed keys are written now
-    assert first.counters.get(semconv.PIPELINE_ERRORS) == 1
+    assert first.counters.get(semconv.STATE_ERRORS) == 1
     cp, _ = on_disk(runs.directory)
     [(record, _)] = cp.in_flight
     assert record.task_create_ns == envs[2].timestamp_ns
@@ -360,7 +361,7 @@ def test_the_spans_of_a_failed_commit_are_written_by_the_next_one(runs: Runs) ->
     first.feed(*envs)  # completed and emitted: its spans are staged
     undo = fail_writes_to(runs.directory, "spool")
     first.pipeline.checkpoint()
-    assert first.counters.get(semconv.PIPELINE_ERRORS) == 1
+    assert first.counters.get(semconv.STATE_ERRORS) == 1
     undo()
     first.pipeline.checkpoint()
 

@@ -110,9 +110,9 @@ def test_a_source_giving_up_ends_the_startup_not_ready_with_an_error() -> None:
     p.feed(ReadySignal(request.key, 1, envs[3].timestamp_ns + 2_000 * MS, "scripted", ok=False))
     [record] = done
     assert record.outcome is Outcome.NOT_READY and record.ready_ns is None
-    root = next(s for s in p._sink.spans if s.name == semconv.SPAN_CONTAINER_STARTUP)  # type: ignore[attr-defined]
+    root = next(s for s in p.emitter._sink.spans if s.name == semconv.SPAN_CONTAINER_STARTUP)  # type: ignore[attr-defined]
     assert root.status.code == root.status.STATUS_CODE_ERROR
-    wait = next(s for s in p._sink.spans if s.name == semconv.SPAN_READINESS_WAIT)  # type: ignore[attr-defined]
+    wait = next(s for s in p.emitter._sink.spans if s.name == semconv.SPAN_READINESS_WAIT)  # type: ignore[attr-defined]
     assert wait.status.code == wait.status.STATUS_CODE_ERROR  # it began and never ended
 
 
@@ -142,3 +142,46 @@ def test_a_late_or_foreign_verdict_is_ignored() -> None:
     p.feed(ReadySignal(request.key, 1, envs[3].timestamp_ns + 2 * MS, "scripted"))  # twice
     assert len(done) == 1
     assert counters.get(semconv.PIPELINE_ERRORS) == 0
+
+
+def test_a_recording_replays_the_live_readiness_verdicts() -> None:
+    """Defect 8: a recording replayed every startup with readiness ``started`` although
+    live it was decided by a source: now every verdict is recorded and replayed."""
+    import io  # noqa: PLC0415
+
+    from otelbridge.app import build_replay  # noqa: PLC0415
+    from otelbridge.source.recording import Recorder, Recording, open_items  # noqa: PLC0415
+
+    source = Scripted()
+    live, live_done, _ = pipeline(source)
+    out = io.StringIO()
+    recorder = Recorder(out, Counters())
+    recorder.header()
+    live.tap = recorder.item
+    live.records.on_read = recorder.record
+    timeline = Timeline()
+    probed = timeline.run_container("probed", remove=False)[:4]
+    plain = timeline.run_container("plain", remove=False)[:4]
+    for env in probed + plain:
+        live.feed(env)
+    [request] = source.watched
+    live.feed(ReadySignal(request.key, 1, probed[3].timestamp_ns + 1_500 * MS, "scripted"))
+    live.finish()
+    assert sorted(r.readiness_source for r in live_done) == ["scripted", "started"]
+
+    recording = Recording()
+    items = open_items(out.getvalue().splitlines(), Counters(), recording)
+    assert recording.verdicts
+    replay = build_replay(
+        Config(correlate=CorrelateConfig(startup_timeout_s=60)),
+        recording.lookup,
+        environ={"OTEL_TRACES_EXPORTER": "none"},
+        recorded_verdicts=True,
+    )
+    replayed: list[StartupRecord] = []
+    replay.pipeline.emitter._on_record = lambda record, _spans: replayed.append(record)
+    recording.admit = replay.pipeline.enricher.admit
+    replay.run(items)
+    assert [(r.key, r.readiness_source, r.ready_ns, r.outcome) for r in replayed] == [
+        (r.key, r.readiness_source, r.ready_ns, r.outcome) for r in live_done
+    ]

@@ -16,7 +16,7 @@ from otelbridge.core.clock import FakeClock
 from otelbridge.core.config import Config
 from otelbridge.core.counters import Counters
 from otelbridge.core.model import RawEnvelope
-from otelbridge.durable import StateStore
+from otelbridge.export.spool import StateStore
 from otelbridge.pipeline import Pipeline
 from otelbridge.testing.events import Timeline
 
@@ -27,7 +27,7 @@ def durable_pipeline(state: Path, counters: Counters) -> tuple[Pipeline, StateSt
 
 
 def spooled_startups(store: StateStore) -> list[Span]:
-    spans = [Span.FromString(data) for _, data in store.read_batch(10_000)]
+    spans = [Span.FromString(data) for _, data in store.peek(10_000)]
     return [s for s in spans if s.name == semconv.SPAN_CONTAINER_STARTUP]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -19,6 +20,7 @@ from otelbridge.core.model import (
     LifecycleEvent,
     Outcome,
     RawEnvelope,
+    ReadySignal,
     ReconcileSnapshot,
     StartupRecord,
     TaskInfo,
@@ -582,3 +584,28 @@ def test_flush_completes_in_flight_startups_as_incomplete(h: Harness, tl: Timeli
     assert out[0].end_ns == last.timestamp_ns
     assert h.correlator.in_flight == 0
     assert h.correlator.flush() == []
+
+
+@pytest.mark.parametrize("periodic", [True, False])
+def test_a_listing_during_a_readiness_wait_leaves_the_startup_to_its_verdict(
+    tl: Timeline, periodic: bool
+) -> None:
+    """Defect 5: a relist took a startup waiting for readiness (its /tasks/start seen, its
+    task RUNNING) for one whose events were missed, and emitted it as a 70 ms
+    ``reconciled`` partial startup: the slow startups the SLA exists to catch."""
+    h = Harness()
+    h.correlator = Correlator(CFG, h.clock, h.counters, h.new.append, readiness=lambda r: False)
+    envs = tl.run_container("slow", remove=False)[:4]  # ... /tasks/start, not ready yet
+    assert h.feed(envs) == []
+    snap = listing([info("slow", envs[1].timestamp_ns)], [running("slow")])
+    if periodic:  # a relist: a bounded window, judged beside the stream
+        snap = dataclasses.replace(snap, until_ns=h.clock.now_ns(), since_ns=T0 - S)
+    h.correlator.reconcile(snap)
+    assert h.advance(CFG.reconcile_grace_s * 3) == []  # still waiting, not reconciled
+    ready_at = envs[3].timestamp_ns + 8 * S
+    rec = only(
+        h.correlator.ready(ReadySignal(ContainerKey("default", "slow"), 1, ready_at, "probe"))
+    )
+    assert (rec.outcome, rec.partial, rec.ready_ns) == (Outcome.READY, False, ready_at)
+    assert rec.readiness_source == "probe"
+    assert h.count(semconv.STARTUPS_RECONCILED) == 0

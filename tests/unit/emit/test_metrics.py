@@ -595,8 +595,8 @@ def test_prometheus_through_the_status_server(prom: BridgeMetrics, counters: Cou
     server = StatusServer(
         "127.0.0.1:0",
         counters,
-        alive=lambda: True,
-        ready=lambda: True,
+        health=lambda: [],
+        readiness=lambda: [],
         routes={"/metrics": prom.prometheus_route},
     )
     server.start()
@@ -836,13 +836,13 @@ def test_defaults() -> None:
     cfg = MetricsConfig.from_env({})
     assert cfg == MetricsConfig()
     assert cfg.exporters == ("otlp", "prometheus")
-    assert (cfg.endpoint, cfg.protocol, cfg.export_interval_s) == (
+    assert (cfg.otlp.endpoint, cfg.otlp.protocol, cfg.export_interval_s) == (
         "http://localhost:4317",
         "grpc",
         60.0,
     )
     http = MetricsConfig.from_env({"OTEL_EXPORTER_OTLP_METRICS_PROTOCOL": "http/protobuf"})
-    assert http.endpoint == "http://localhost:4318/v1/metrics"
+    assert http.otlp.endpoint == "http://localhost:4318/v1/metrics"
 
 
 def test_metrics_variables_win_and_are_parsed(tmp_path: Path) -> None:
@@ -865,8 +865,11 @@ def test_metrics_variables_win_and_are_parsed(tmp_path: Path) -> None:
     )
     assert cfg.exporters == ("prometheus", "otlp")
     assert (cfg.export_interval_s, cfg.export_timeout_s) == (15.0, 5.0)
-    assert (cfg.protocol, cfg.endpoint) == ("http/protobuf", "http://base:4318/v1/metrics")
-    assert (cfg.timeout_s, cfg.compression, cfg.certificate, cfg.insecure) == (
+    assert (cfg.otlp.protocol, cfg.otlp.endpoint) == (
+        "http/protobuf",
+        "http://base:4318/v1/metrics",
+    )
+    assert (cfg.otlp.timeout_s, cfg.otlp.compression, cfg.otlp.certificate, cfg.otlp.insecure) == (
         3.0,
         "gzip",
         str(ca),

@@ -12,10 +12,11 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from otelbridge.core.counters import Counters
 from otelbridge.core.errors import ConfigError
 from otelbridge.core.semconv import HOST_NAME, INSTRUMENTATION_SCOPE, SERVICE_NAME, SPANS_EXPORTED
-from otelbridge.export.batch import BatchConfig, BatchProcessor
+from otelbridge.export.delivery import Delivery, DeliveryConfig
 from otelbridge.export.factory import build_exporters, build_resource
 from otelbridge.export.files import ConsoleExporter, JsonlExporter, NoneExporter, read_jsonl
 from otelbridge.export.otlp import OtlpGrpcExporter, OtlpHttpExporter
+from otelbridge.export.storage import MemoryStorage
 from otelbridge.testing.otlp import OtlpHttpReceiver, OtlpReceiver
 
 
@@ -129,17 +130,20 @@ def test_environment_to_receiver_end_to_end(protocol: str, tmp_path: Path) -> No
         }
         path = tmp_path / "spans.jsonl"
         counters = Counters()
-        processor = BatchProcessor.from_config(
+        config = DeliveryConfig.from_env(environ)
+        storage = MemoryStorage(counters, max_size=config.max_queue_size)
+        delivery = Delivery(
             build_exporters(environ, jsonl_path=path),
+            storage,
             build_resource(environ),
             InstrumentationScope(name=INSTRUMENTATION_SCOPE),
             counters,
-            BatchConfig.from_env(environ),
+            config=config,
         )
-        processor.start()
-        processor.submit([Span(trace_id=b"\x01" * 16, span_id=b"\x02" * 8, name="x")])
+        delivery.start()
+        storage.submit([Span(trace_id=b"\x01" * 16, span_id=b"\x02" * 8, name="x")])
         spans = receiver.wait_for_spans(1)
-        processor.shutdown(5)
+        delivery.shutdown(5)
     assert spans[0].resource_attributes[SERVICE_NAME] == "runtime"
     assert spans[0].scope.name == INSTRUMENTATION_SCOPE
     with path.open() as f:

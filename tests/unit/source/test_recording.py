@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from otelbridge.containerd import topics
 from otelbridge.core import semconv
 from otelbridge.core.counters import Counters
-from otelbridge.core.errors import NotFound
+from otelbridge.core.errors import DecodeError, NotFound
 from otelbridge.core.model import ContainerInfo, EventKind, LifecycleEvent, RawEnvelope
 from otelbridge.decode import Skipped, SkipReason, decode
 from otelbridge.source.recording import (
@@ -266,7 +266,6 @@ def good_envelope_line(ts: int = T0) -> str:
         '{"container": "x"}',
         '{"container": {"ns": "a", "id": "b", "labels": ["x"]}}',
         '{"container": {"ns": "a", "id": "b", "created_at_ns": "soon"}}',
-        '{"format": "something-else", "version": 1}',
         "[1, 2, 3]",
         "null",
         "random text after a valid first line",
@@ -277,6 +276,27 @@ def test_malformed_recording_line_is_skipped_counted_and_reading_continues(bad: 
     envs, _ = read([good_envelope_line(T0), bad, good_envelope_line(T0 + 1)], counters)
     assert [e.timestamp_ns for e in envs] == [T0, T0 + 1]
     assert malformed(counters) == 1
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        '{"format": "something-else", "version": 1}',
+        '{"format": "otelbridge-recording", "version": 3}',
+        '{"format": "otelbridge-recording", "version": "2"}',
+        '{"format": "otelbridge-recording"}',
+    ],
+)
+def test_a_header_of_another_format_or_version_is_refused(header: str) -> None:
+    """Defect 13: a recording header with an unknown version was accepted silently."""
+    with pytest.raises(DecodeError, match="format|version"):
+        read([header, good_envelope_line(T0)], Counters())
+
+
+def test_a_file_of_which_no_line_can_be_read_is_refused() -> None:
+    """Defect 7: replay of a file that is not a recording or `ctr events` output."""
+    with pytest.raises(DecodeError, match="none of its 3 lines"):
+        read(["{not json", "{neither", "{nor this"], Counters())
 
 
 @pytest.mark.parametrize(
@@ -363,9 +383,15 @@ _LINES = st.one_of(
     lines=st.lists(_LINES, max_size=20),
 )
 def test_read_events_never_raises_on_arbitrary_lines(first: str, lines: list[str]) -> None:
+    """Only a file that is no recording at all (no line readable, or a header of another
+    format or version) raises, and then DecodeError."""
     counters = Counters()
     recording = Recording()
-    envs = list(read_events([first, *lines], counters, recording))
+    envs: list[RawEnvelope] = []
+    try:
+        envs.extend(read_events([first, *lines], counters, recording))
+    except DecodeError:
+        return
     assert all(isinstance(e, RawEnvelope) for e in envs)
     non_blank = sum(1 for line in [first, *lines] if line.strip())
     assert len(envs) + len(recording.containers) + malformed(counters) <= non_blank
