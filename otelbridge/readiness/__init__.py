@@ -14,6 +14,10 @@ The pipeline arms a source when a container's task starts (:meth:`ReadinessSourc
 and the source reports back once with a :class:`~otelbridge.core.model.ReadySignal` (ready at
 a time of the bridge's clock, or given up on). Reports go through the pipeline's queue,
 so they are handled on the event thread in order with the events.
+
+A source that connects to a container does so from the container's own network
+namespace, never the node's (PRODUCT.md section 8):
+:class:`~otelbridge.readiness.netns.ContainerNetns` makes the sockets there.
 """
 
 from __future__ import annotations
@@ -38,6 +42,9 @@ class ReadinessRequest:
     info: ContainerInfo
     started_ns: int  # the /tasks/start envelope time
     deadline_ns: int  # give up (report not ok) at this time of the bridge's clock
+    pid: int = 0
+    """The container's init process (from /tasks/create or /tasks/start); 0: unknown, so
+    nothing can be probed from its network namespace."""
 
 
 Report = Callable[[ReadySignal], None]

@@ -7,17 +7,43 @@ A container names its target in its ``otelbridge.io/readiness`` label or annotat
 * ``http://HOST:PORT[/PATH][?QUERY]``: ready when ``GET PATH`` answers with a status
   from 200 to 399, as a Kubernetes ``httpGet`` probe.
 
+Where it is probed (PRODUCT.md section 8, security): ALWAYS from inside the container's
+own network namespace, never the node's. The target is written by a tenant: probed from
+the node, ``tcp://127.0.0.1:PORT`` would tell the tenant which of the node's loopback
+ports are open (the span's outcome), and a container serving on its own ``127.0.0.1``
+would never be found ready. So every probe socket is created in ``/proc/<pid>/ns/net``
+of the container's init process (:attr:`ReadinessRequest.pid`) by
+:class:`ContainerNetns`: one helper thread enters that namespace (``setns``), creates the
+socket (a socket stays in the namespace it was created in) and returns to the bridge's
+own namespace, saved as a file descriptor at start; the socket is then connected from
+the probe thread's event loop. A helper thread that cannot return is never used again:
+it is logged and replaced. When the pid is unknown (0) or its namespace cannot be entered
+(the process is gone, no permission), the attempt fails saying why and the probe ends
+``not_ready`` at its deadline: there is no fall-back to the node's namespace. A
+host-network container shares the node's namespace, so its probes reach the node's
+ports, as they would from inside it. Entering a namespace takes ``CAP_SYS_ADMIN`` and the
+containers' pids as the bridge sees them (the host's PID namespace). Host names other
+than IP literals are resolved with the bridge's own resolver (asyncio's default
+executor); only the connection is made from the container's namespace. What remains is
+pid reuse: should the container's process die and its pid go to another process before
+the exit event cancels the probe (milliseconds), one attempt could start there.
+
 Threads: :meth:`ProbeSource.watch` and :meth:`ProbeSource.cancel` are called on the
 pipeline's event thread and only hand the request to the probe thread (they never block).
 Every probe runs on that ONE thread, in an asyncio event loop started by
 :meth:`ProbeSource.start`: thousands of waiting probes cost a task each, not a thread
 each. A global semaphore (``max_concurrent_probes``) bounds the attempts in flight, so a
-burst of pods cannot flood the node with connections. Host names other than IP literals
-are resolved by asyncio's default executor (a few helper threads, only for such names).
+burst of pods cannot flood the node with connections.
 
-The moment reported is ``time.time_ns()`` taken when an attempt succeeded (the connection
-was accepted, or the status line arrived), so its error is at most about one
-``probe_interval_s`` plus the attempt's own latency.
+Time: every moment reported (:attr:`~otelbridge.core.model.ReadySignal.at_ns`, taken when
+an attempt succeeded: the connection was accepted, or the status line arrived) and every
+deadline (:attr:`ReadinessRequest.deadline_ns`) is in the time of the injected
+:class:`~otelbridge.core.clock.Clock`, and the pause between attempts is the injected
+``sleep``; tests advance a fake clock instead of sleeping. The reported moment is off by
+at most about one ``probe_interval_s`` plus the attempt's own latency. One attempt's own
+timeout (``probe_timeout_s``: a server that accepts and never answers) and the wait for a
+free slot are bounded in real time (the loop's), by the timeout and by what the clock
+says is left before the deadline.
 """
 
 from __future__ import annotations
@@ -27,21 +53,30 @@ import contextlib
 import ipaddress
 import logging
 import re
+import socket
 import threading
-import time
 import urllib.parse
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from otelbridge import __version__
 from otelbridge.core import semconv
+from otelbridge.core.clock import Clock, SystemClock
 from otelbridge.core.config import ReadinessConfig
 from otelbridge.core.counters import Counters
 from otelbridge.core.logutil import ThrottledLogger
 from otelbridge.core.model import ContainerInfo, ContainerKey, ReadySignal
 from otelbridge.readiness import SOURCE_PROBE, ReadinessRequest, Report
+from otelbridge.readiness.netns import ContainerNetns, SocketFactory
 
-__all__ = ["DEADLINE_REASON", "ProbeSource", "ProbeTarget", "parse_target"]
+__all__ = [
+    "DEADLINE_REASON",
+    "ProbeSource",
+    "ProbeTarget",
+    "Sleep",
+    "parse_target",
+]
 
 _log = logging.getLogger(__name__)
 _tlog = ThrottledLogger(_log)
@@ -62,6 +97,9 @@ _MAX_INTERIM = 5  # 1xx interim responses skipped before the final status
 _DRAIN_LIMIT = 10 * 1024  # body read before closing (as the kubelet), so it is not reset
 _JOIN_TIMEOUT_S = 5.0
 _UNWIND_TIMEOUT_S = 1.0
+
+Sleep = Callable[[float], Awaitable[None]]
+"""Pauses the probe for so many seconds of the source's clock (``asyncio.sleep``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,14 +176,35 @@ class ProbeSource:
     :meth:`shutdown` has returned. ``start`` comes before any ``watch``. ``report``
     should return quickly: while it runs, every probe waits (``Pipeline.offer`` blocks only
     while the pipeline's queue is full).
+
+    ``clock`` gives every reported moment and is the time of ``deadline_ns``; ``sleep``
+    pauses between attempts (in that clock's seconds); ``sockets`` makes the probe
+    sockets. The defaults (the wall clock, ``asyncio.sleep``, :class:`ContainerNetns`,
+    started and stopped with the source) are the product; tests inject a fake clock and
+    sleep, and a factory of plain sockets on loopback. An injected factory's lifecycle
+    is its owner's.
     """
 
     name = SOURCE_PROBE
 
-    def __init__(self, config: ReadinessConfig, counters: Counters) -> None:
+    def __init__(
+        self,
+        config: ReadinessConfig,
+        counters: Counters,
+        *,
+        clock: Clock | None = None,
+        sleep: Sleep | None = None,
+        sockets: SocketFactory | None = None,
+    ) -> None:
         self._config = config
         self._counters = counters
-        self._interval_s = config.probe_interval_s
+        self._clock: Clock = clock if clock is not None else SystemClock()
+        self._sleep: Sleep = sleep if sleep is not None else asyncio.sleep
+        self._netns: ContainerNetns | None = None  # ours to start and stop
+        if sockets is None:
+            sockets = self._netns = ContainerNetns()
+        self._sockets: SocketFactory = sockets
+        self._interval_ns = int(config.probe_interval_s * _NS)
         self._timeout_s = config.probe_timeout_s
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -213,6 +272,8 @@ class ProbeSource:
             self._thread = threading.Thread(
                 target=self._run, args=(loop,), name="otelbridge-probes", daemon=True
             )
+            if self._netns is not None:
+                self._netns.start()
             # set before the thread runs: watch() may queue work at once, and the loop
             # runs it as soon as it starts
             self._loop = loop
@@ -255,6 +316,8 @@ class ProbeSource:
             # close() does not wait for the executor's threads: a name lookup hanging
             # in one must not hold shutdown up
             loop.close()
+            if self._netns is not None:  # no probe is left to make a socket
+                self._netns.shutdown()
 
     def _stop_all(self) -> None:
         for task in (*self._probes.values(), *self._lingering):
@@ -294,66 +357,121 @@ class ProbeSource:
                 _log.exception("%s: handing over the readiness verdict failed", signal.key)
 
     async def _probe(self, request: ReadinessRequest, report: Report) -> None:
-        """Attempts until one succeeds or the deadline; reports once. Cancellation
-        (cancel, supersession, shutdown) ends it without a report."""
-        key, attempt = request.key, request.attempt
-        loop = asyncio.get_running_loop()
+        """Attempts until one succeeds or the deadline (of the clock); reports once.
+        Cancellation (cancel, supersession, shutdown) ends it without a report."""
+        key, attempt, deadline_ns = request.key, request.attempt, request.deadline_ns
         last = "no attempt"
         tries = 0
         try:
             target = parse_target(request.info.readiness)
-            # the deadline is wall-clock time; the loop schedules in its monotonic time
-            deadline = loop.time() + (request.deadline_ns - time.time_ns()) / _NS
-            async with asyncio.timeout_at(deadline):
-                while True:
-                    began = loop.time()
-                    tries += 1
-                    at_ns, last = await self._attempt(target)
-                    if at_ns is not None:
-                        signal = ReadySignal(key, attempt, at_ns, SOURCE_PROBE, ok=True)
-                        self._deliver(report, signal)
-                        return
-                    # attempts start every interval; a slow attempt is followed at once
-                    await asyncio.sleep(max(0.0, began + self._interval_s - loop.time()))
-        except TimeoutError:  # the deadline (an attempt's own timeout is caught inside)
-            _tlog.info(
-                "deadline",
-                "%s: readiness probe of %s gave up after %d attempt(s); last: %s",
-                key,
-                request.info.readiness[:100],
-                tries,
-                last,
-            )
-            signal = ReadySignal(
-                key, attempt, request.deadline_ns, SOURCE_PROBE, ok=False, reason=DEADLINE_REASON
-            )
-            self._deliver(report, signal)
+            while (began := self._clock.now_ns()) < deadline_ns:
+                tries += 1
+                at_ns, last = await self._attempt(target, request.pid, deadline_ns)
+                if at_ns is not None:
+                    signal = ReadySignal(key, attempt, at_ns, SOURCE_PROBE, ok=True)
+                    self._deliver(report, signal)
+                    return
+                # attempts start every interval (a slow attempt is followed at once);
+                # the last pause ends at the deadline, not after it
+                wake_ns = min(began + self._interval_ns, deadline_ns)
+                now = self._clock.now_ns()
+                if wake_ns > now:
+                    await self._sleep((wake_ns - now) / _NS)
         except Exception as exc:  # a bug costs this probe, never the probe thread
             self._counters.inc(semconv.PIPELINE_ERRORS)
             _tlog.log(logging.ERROR, "bug", "%s: readiness probe failed", key, exc_info=True)
             signal = ReadySignal(
-                key, attempt, time.time_ns(), SOURCE_PROBE, ok=False, reason=f"probe failed: {exc}"
+                key,
+                attempt,
+                self._clock.now_ns(),
+                SOURCE_PROBE,
+                ok=False,
+                reason=f"probe failed: {exc}",
             )
             self._deliver(report, signal)
+            return
+        _tlog.info(
+            "deadline",
+            "%s: readiness probe of %s gave up after %d attempt(s); last: %s",
+            key,
+            request.info.readiness[:100],
+            tries,
+            last,
+        )
+        signal = ReadySignal(
+            key, attempt, deadline_ns, SOURCE_PROBE, ok=False, reason=DEADLINE_REASON
+        )
+        self._deliver(report, signal)
 
-    async def _attempt(self, target: ProbeTarget) -> tuple[int | None, str]:
-        """One attempt: (the moment it succeeded, or None; what happened). Waits for a
-        slot first (that wait counts against the deadline, not the attempt's timeout)."""
+    def _left_s(self, deadline_ns: int) -> float:
+        return (deadline_ns - self._clock.now_ns()) / _NS
+
+    async def _attempt(
+        self, target: ProbeTarget, pid: int, deadline_ns: int
+    ) -> tuple[int | None, str]:
+        """One attempt from the network namespace of ``pid``: (the moment it succeeded,
+        or None; what happened). Waits for a slot first; neither the wait nor the
+        attempt outlasts the deadline."""
         assert self._slots is not None
-        async with self._slots:
+        try:
+            async with asyncio.timeout(max(0.0, self._left_s(deadline_ns))):
+                await self._slots.acquire()
+        except TimeoutError:
+            return None, "no probe slot was free before the deadline"
+        try:
             self._attempts.value += 1
-            try:
-                async with asyncio.timeout(self._timeout_s):
-                    if target.scheme == "tcp":
-                        return await _tcp(target)
-                    return await self._http(target)
-            except TimeoutError:
-                return None, f"no answer within {self._timeout_s}s"
-            except (OSError, EOFError, ValueError) as exc:  # refused, reset, unreachable
-                return None, f"{type(exc).__name__}: {exc}"
+            limit_s = min(self._timeout_s, max(0.0, self._left_s(deadline_ns)))
+            async with asyncio.timeout(limit_s):
+                if target.scheme == "tcp":
+                    return await self._tcp(target, pid)
+                return await self._http(target, pid)
+        except TimeoutError:
+            return None, f"no answer within {limit_s:.3g}s"
+        except (OSError, EOFError, ValueError) as exc:  # refused, reset, no namespace
+            return None, f"{type(exc).__name__}: {exc}"
+        finally:
+            self._slots.release()
 
-    async def _http(self, target: ProbeTarget) -> tuple[int | None, str]:
-        reader, writer = await asyncio.open_connection(target.host, target.port, limit=_LINE_LIMIT)
+    async def _connect(self, target: ProbeTarget, pid: int) -> socket.socket:
+        """A socket connected to ``target`` from the network namespace of ``pid``,
+        trying each address of a host name in turn."""
+        loop = asyncio.get_running_loop()
+        try:
+            ip = ipaddress.ip_address(target.host)
+            addresses: list[tuple[int, Any]] = [
+                (socket.AF_INET6 if ip.version == 6 else socket.AF_INET, (target.host, target.port))
+            ]
+        except ValueError:  # a name: resolved by the bridge, connected from the container
+            infos = await loop.getaddrinfo(target.host, target.port, type=socket.SOCK_STREAM)
+            addresses = [(info[0], info[4]) for info in infos]
+        error: OSError = OSError(f"{target.host} has no address")
+        for family, address in addresses:
+            sock = await self._sockets(pid, family)
+            try:
+                sock.setblocking(False)  # sock_connect needs it, whoever made the socket
+                await loop.sock_connect(sock, address)
+                return sock
+            except OSError as exc:
+                sock.close()
+                error = exc
+            except BaseException:  # cancelled (a timeout): the socket must not leak
+                sock.close()
+                raise
+        raise error
+
+    async def _tcp(self, target: ProbeTarget, pid: int) -> tuple[int | None, str]:
+        sock = await self._connect(target, pid)
+        at_ns = self._clock.now_ns()
+        sock.close()
+        return at_ns, "connected"
+
+    async def _http(self, target: ProbeTarget, pid: int) -> tuple[int | None, str]:
+        sock = await self._connect(target, pid)
+        try:
+            reader, writer = await asyncio.open_connection(sock=sock, limit=_LINE_LIMIT)
+        except BaseException:
+            sock.close()
+            raise
         answered = False
         try:
             request = (
@@ -368,7 +486,7 @@ class ProbeSource:
             await writer.drain()
             for _ in range(_MAX_INTERIM + 1):
                 status = _status(await reader.readline())
-                at_ns = time.time_ns()
+                at_ns = self._clock.now_ns()
                 if status is None:
                     return None, "no HTTP status line"
                 if status >= 200:
@@ -392,13 +510,6 @@ class ProbeSource:
         task = asyncio.get_running_loop().create_task(_drain(reader, writer, self._timeout_s))
         self._lingering.add(task)  # a strong reference until it is done
         task.add_done_callback(self._lingering.discard)
-
-
-async def _tcp(target: ProbeTarget) -> tuple[int | None, str]:
-    _, writer = await asyncio.open_connection(target.host, target.port)
-    at_ns = time.time_ns()
-    writer.close()  # the socket closes on the loop's next turn; nothing to wait for
-    return at_ns, "connected"
 
 
 async def _drain(

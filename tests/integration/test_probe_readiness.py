@@ -33,6 +33,27 @@ _NS = 1_000_000_000
 MakeBridge = Callable[[ReadinessConfig], Bridge]
 
 
+def start_bridge(
+    namespace: Namespace, receiver: OtlpReceiver, state_dir: Path, readiness: ReadinessConfig
+) -> Bridge:
+    """A started live bridge on ``namespace`` with the given readiness settings, proven
+    subscribed; the caller shuts it down."""
+    config = Config(
+        source=SourceConfig(address=namespace.cd.address, namespaces=(namespace.name,)),
+        state=StateConfig(dir=str(state_dir)),
+        readiness=readiness,
+    )
+    environ = {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint, "OTEL_BSP_SCHEDULE_DELAY": "100"}
+    bridge = build_live_bridge(config, environ=environ)
+    try:
+        bridge.start()
+        assert bridge.pipeline.connected.wait(10), "bridge did not subscribe"
+    except BaseException:
+        bridge.shutdown()
+        raise
+    return bridge
+
+
 @pytest.fixture
 def make_bridge(
     namespace: Namespace, receiver: OtlpReceiver, tmp_path: Path
@@ -42,19 +63,8 @@ def make_bridge(
     bridges: list[Bridge] = []
 
     def make(readiness: ReadinessConfig) -> Bridge:
-        config = Config(
-            source=SourceConfig(address=namespace.cd.address, namespaces=(namespace.name,)),
-            state=StateConfig(dir=str(tmp_path / f"state-{len(bridges)}")),
-            readiness=readiness,
-        )
-        environ = {
-            "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
-            "OTEL_BSP_SCHEDULE_DELAY": "100",
-        }
-        bridge = build_live_bridge(config, environ=environ)
+        bridge = start_bridge(namespace, receiver, tmp_path / f"state-{len(bridges)}", readiness)
         bridges.append(bridge)
-        bridge.start()
-        assert bridge.pipeline.connected.wait(10), "bridge did not subscribe"
         return bridge
 
     yield make

@@ -1,14 +1,22 @@
-"""The probe readiness source against real sockets on loopback (no mocks).
+"""The probe readiness source: its schedule on a fake clock, its probes on real sockets.
 
-Servers here are plain threads: a listener that opens after a delay, scripted HTTP
-servers, a listener that never accepts. Times are wall-clock nanoseconds, as the source
-reports them.
+Time is a :class:`FakeClock` with a fake sleep that advances it (or waits for the test to),
+so deadlines of 120 s pass in no real time and every moment is exact. The servers probed
+are real, on loopback: plain threads (a port that listens from a given fake moment,
+scripted HTTP servers, a listener that never accepts); their sockets come from a plain
+factory (no namespace). The last section tests the default factory, which makes every
+socket in the container's network namespace; some of it needs root.
 """
 
 from __future__ import annotations
 
+import asyncio
+import errno
 import http.server
+import itertools
+import os
 import socket
+import subprocess
 import threading
 import time
 import uuid
@@ -17,10 +25,12 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from otelbridge.core import semconv
+from otelbridge.core.clock import FakeClock
 from otelbridge.core.config import ReadinessConfig
 from otelbridge.core.counters import Counters
 from otelbridge.core.model import ContainerInfo, ContainerKey, ReadySignal
 from otelbridge.readiness import SOURCE_PROBE, ReadinessRequest
+from otelbridge.readiness.netns import ContainerNetns, NamespaceUnavailable, SocketFactory
 from otelbridge.readiness.probe import DEADLINE_REASON, ProbeSource, ProbeTarget, parse_target
 
 _NS = 1_000_000_000
@@ -49,10 +59,88 @@ class Reports:
             return list(self.signals)
 
 
-def request(target: str, *, deadline_s: float = 5.0, cid: str = "") -> ReadinessRequest:
-    now = time.time_ns()
+class FakeTime:
+    """A fake clock and the sleep a source awaits. ``auto``: a sleep moves the clock to
+    its end at once; otherwise it waits until the test :meth:`advance`\\ s past its end.
+    ``at`` runs an action (on the thread that moves the clock) once it reaches a moment."""
+
+    def __init__(self, *, auto: bool = True) -> None:
+        self.clock = FakeClock()
+        self.t0 = self.clock.now_ns()
+        self.sleeps: list[float] = []
+        self._auto = auto
+        self._lock = threading.Lock()
+        self._actions: list[tuple[int, Callable[[], None]]] = []
+        self._sleepers: list[tuple[int, asyncio.Future[None]]] = []
+
+    def at(self, offset_s: float, action: Callable[[], None]) -> None:
+        self._actions.append((self.t0 + round(offset_s * _NS), action))
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        end = self.clock.now_ns() + round(seconds * _NS)
+        if self._auto:
+            self._move(end)
+            await asyncio.sleep(0)  # a sleep yields, as the real one does
+            return
+        entry = (end, asyncio.get_running_loop().create_future())
+        with self._lock:
+            self._sleepers.append(entry)
+        try:
+            await entry[1]
+        finally:
+            with self._lock:
+                self._sleepers.remove(entry)
+
+    def advance(self, seconds: float) -> None:
+        self._move(self.clock.now_ns() + round(seconds * _NS))
+
+    def sleeping(self) -> int:
+        with self._lock:
+            return len(self._sleepers)
+
+    def wait_sleeping(self, count: int, timeout_s: float = 5.0) -> None:
+        limit = time.monotonic() + timeout_s
+        while self.sleeping() != count:
+            assert time.monotonic() < limit, f"{self.sleeping()} probes asleep, not {count}"
+            time.sleep(0.002)
+
+    def _move(self, now_ns: int) -> None:
+        self.clock.set(max(now_ns, self.clock.now_ns()))
+        now_ns = self.clock.now_ns()
+        for entry in [a for a in self._actions if a[0] <= now_ns]:
+            self._actions.remove(entry)
+            entry[1]()
+        with self._lock:
+            due = [fut for end, fut in self._sleepers if end <= now_ns]
+        for fut in due:
+            fut.get_loop().call_soon_threadsafe(_wake, fut)
+
+
+def _wake(fut: asyncio.Future[None]) -> None:
+    if not fut.done():  # a cancelled sleep stays cancelled
+        fut.set_result(None)
+
+
+async def plain_sockets(pid: int, family: int) -> socket.socket:
+    """Sockets in this process's namespace, whatever the pid: for servers on loopback."""
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    return sock
+
+
+def request(
+    target: str,
+    *,
+    now_ns: int | None = None,
+    deadline_s: float = 5.0,
+    cid: str = "",
+    pid: int = 0,
+    attempt: int = 1,
+) -> ReadinessRequest:
+    now = time.time_ns() if now_ns is None else now_ns
     info = ContainerInfo("ns", cid or uuid.uuid4().hex[:8], readiness=target)
-    return ReadinessRequest(info.key, 1, info, now, now + int(deadline_s * _NS))
+    return ReadinessRequest(info.key, attempt, info, now, now + int(deadline_s * _NS), pid=pid)
 
 
 Factory = Callable[..., tuple[ProbeSource, Counters]]
@@ -60,12 +148,23 @@ Factory = Callable[..., tuple[ProbeSource, Counters]]
 
 @pytest.fixture
 def make_source() -> Iterator[Factory]:
-    """Started sources with the given ReadinessConfig fields; shut down afterwards."""
+    """Started sources with the given ReadinessConfig fields, the ``fake`` time (None:
+    real time) and ``sockets`` (plain by default); shut down afterwards."""
     made: list[ProbeSource] = []
 
-    def make(**fields: object) -> tuple[ProbeSource, Counters]:
+    def make(
+        fake: FakeTime | None = None,
+        sockets: SocketFactory | None = plain_sockets,
+        **fields: object,
+    ) -> tuple[ProbeSource, Counters]:
         counters = Counters()
-        source = ProbeSource(ReadinessConfig(**fields), counters)  # type: ignore[arg-type]
+        source = ProbeSource(
+            ReadinessConfig(**fields),  # type: ignore[arg-type]
+            counters,
+            clock=fake.clock if fake else None,
+            sleep=fake.sleep if fake else None,
+            sockets=sockets,
+        )
         source.start()
         made.append(source)
         return source, counters
@@ -75,23 +174,24 @@ def make_source() -> Iterator[Factory]:
         source.shutdown()
 
 
-class DelayedListener:
-    """A TCP port that is bound at once (connections are refused) and listens after
-    ``delay_s``; ``opened_ns`` is taken just before ``listen()``."""
+class Listener:
+    """A TCP port on loopback, bound at once: connections are refused until :meth:`listen`;
+    then accepted (and closed) unless ``accept`` is false (they wait in the backlog)."""
 
-    def __init__(self, delay_s: float) -> None:
+    def __init__(self, *, listen: bool = False, accept: bool = True) -> None:
         self._sock = socket.socket()
         self._sock.bind(("127.0.0.1", 0))
         self.port: int = self._sock.getsockname()[1]
-        self.opened_ns = 0
-        self._delay_s = delay_s
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
+        self._accept = accept
+        if listen:
+            self.listen()
+
+    def listen(self) -> None:
+        self._sock.listen(64)
+        if self._accept:
+            threading.Thread(target=self._run, daemon=True).start()
 
     def _run(self) -> None:
-        time.sleep(self._delay_s)
-        self.opened_ns = time.time_ns()
-        self._sock.listen(64)
         while True:
             try:
                 conn, _ = self._sock.accept()
@@ -99,18 +199,14 @@ class DelayedListener:
                 return  # closed
             conn.close()
 
-    def close(self) -> None:
-        self._sock.close()
-
-
-class SilentListener:
-    """Listens but never accepts: connections complete (backlog), nothing answers."""
-
-    def __init__(self) -> None:
-        self._sock = socket.socket()
-        self._sock.bind(("127.0.0.1", 0))
-        self._sock.listen(64)
-        self.port: int = self._sock.getsockname()[1]
+    def untouched(self) -> bool:
+        """No connection arrived (for a listener that does not accept)."""
+        self._sock.setblocking(False)
+        try:
+            self._sock.accept()[0].close()
+        except BlockingIOError:
+            return True
+        return False
 
     def close(self) -> None:
         self._sock.close()
@@ -122,7 +218,7 @@ class HttpServer:
 
     def __init__(self, status: Callable[[int], int], hold_s: float = 0.0) -> None:
         self.requests: list[tuple[str, dict[str, str]]] = []
-        self.answered_ns: list[tuple[int, int]] = []  # (status, time it was sent)
+        self.answered: list[int] = []
         self.active = 0
         self.max_active = 0
         lock = threading.Lock()
@@ -142,7 +238,7 @@ class HttpServer:
                 with lock:
                     # before the answer: the client holds its slot until it has read it
                     outer.active -= 1
-                    outer.answered_ns.append((code, time.time_ns()))
+                    outer.answered.append(code)
                 body = b"ok\n"
                 self.send_response(code)
                 self.send_header("Content-Length", str(len(body)))
@@ -239,44 +335,96 @@ def test_no_target_or_probing_disabled_does_not_apply_and_counts_nothing(
     assert source.name == SOURCE_PROBE
 
 
-# -- tcp -------------------------------------------------------------------------------
-def test_tcp_ready_within_an_interval_of_the_port_opening(make_source: Factory) -> None:
-    interval = 0.02
-    source, counters = make_source(probe_interval_s=interval)
-    listener = DelayedListener(0.3)
+# -- the schedule, on the fake clock ---------------------------------------------------
+def test_tcp_ready_at_the_first_attempt_after_the_port_opens(make_source: Factory) -> None:
+    fake = FakeTime()
+    source, counters = make_source(fake, probe_interval_s=0.02)
+    listener = Listener()
+    fake.at(0.3, listener.listen)  # refused for 0.3 s of the clock, then accepted
     try:
         reports = Reports()
-        req = request(f"tcp://127.0.0.1:{listener.port}")
+        req = request(f"tcp://127.0.0.1:{listener.port}", now_ns=fake.t0)
         source.watch(req, reports)
         (signal,) = reports.wait()
     finally:
         listener.close()
-    assert signal == ReadySignal(req.key, 1, signal.at_ns, SOURCE_PROBE, ok=True)
-    error_s = (signal.at_ns - listener.opened_ns) / _NS
-    assert 0 <= error_s <= interval + 0.03, error_s
-    # refused every interval for 0.3 s, then one success; then no more attempts
-    attempts = counters.get(semconv.READINESS_PROBES)
-    assert 8 <= attempts <= 0.3 / interval + 3
-    time.sleep(0.1)
-    assert counters.get(semconv.READINESS_PROBES) == attempts
-    assert len(reports.signals) == 1
+    # attempts at 0, 0.02, ... 0.30 s: the 16th, at the opening, succeeds; no more after
+    assert signal == ReadySignal(req.key, 1, fake.t0 + 300_000_000, SOURCE_PROBE, ok=True)
+    assert counters.get(semconv.READINESS_PROBES) == 16
+    assert fake.sleeps == [0.02] * 15
 
 
-# -- http ------------------------------------------------------------------------------
+def test_a_probe_that_never_succeeds_gives_up_at_exactly_its_120_s_deadline(
+    make_source: Factory,
+) -> None:
+    fake = FakeTime()
+    tried_ns: list[int] = []
+
+    async def refused(pid: int, family: int) -> socket.socket:
+        tried_ns.append(fake.clock.now_ns())
+        raise ConnectionRefusedError(errno.ECONNREFUSED, "refused")
+
+    source, counters = make_source(fake, sockets=refused)  # the defaults: 120 s, 50 ms
+    reports = Reports()
+    req = request("tcp://127.0.0.1:1", now_ns=fake.t0, deadline_s=120.0)
+    began = time.monotonic()
+    source.watch(req, reports)
+    (signal,) = reports.wait(timeout_s=30)
+    assert time.monotonic() - began < 30  # 120 s of the clock, not of the machine
+    assert signal == ReadySignal(
+        req.key, 1, req.deadline_ns, SOURCE_PROBE, ok=False, reason=DEADLINE_REASON
+    )
+    assert fake.clock.now_ns() == req.deadline_ns  # the last pause ended at the deadline
+    assert len(tried_ns) == counters.get(semconv.READINESS_PROBES) == 2400
+    assert {b - a for a, b in itertools.pairwise(tried_ns)} == {50_000_000}
+
+
+def test_a_slow_attempt_is_followed_at_once(make_source: Factory) -> None:
+    fake = FakeTime()
+    tried_ns: list[int] = []
+
+    async def slow(pid: int, family: int) -> socket.socket:
+        tried_ns.append(fake.clock.now_ns())
+        fake.advance(0.12)  # longer than the interval
+        raise ConnectionRefusedError(errno.ECONNREFUSED, "refused")
+
+    source, _ = make_source(fake, sockets=slow, probe_interval_s=0.05)
+    reports = Reports()
+    req = request("tcp://127.0.0.1:1", now_ns=fake.t0, deadline_s=1.0)
+    source.watch(req, reports)
+    (signal,) = reports.wait()
+    assert fake.sleeps == []
+    assert tried_ns == [fake.t0 + i * 120_000_000 for i in range(9)]
+    assert signal.at_ns == req.deadline_ns and not signal.ok
+
+
+def test_a_deadline_already_past_on_the_clock_gives_up_without_an_attempt(
+    make_source: Factory,
+) -> None:
+    fake = FakeTime()
+    source, counters = make_source(fake)
+    reports = Reports()
+    req = request("tcp://127.0.0.1:1", now_ns=fake.t0 - 10 * _NS, deadline_s=5.0)
+    source.watch(req, reports)
+    (signal,) = reports.wait()
+    assert signal.at_ns == req.deadline_ns and signal.reason == DEADLINE_REASON
+    assert counters.get(semconv.READINESS_PROBES) == 0
+
+
+# -- http, real servers ----------------------------------------------------------------
 def test_http_ready_at_the_first_2xx_after_503s(make_source: Factory) -> None:
+    fake = FakeTime()
     server = HttpServer(lambda n: 503 if n < 3 else 200)
-    source, _ = make_source(probe_interval_s=0.03)
+    source, _ = make_source(fake, probe_interval_s=0.03)
     try:
         reports = Reports()
-        source.watch(request(f"http://127.0.0.1:{server.port}/ready?x=1"), reports)
+        source.watch(request(f"http://127.0.0.1:{server.port}/ready?x=1", now_ns=fake.t0), reports)
         (signal,) = reports.wait()
-        time.sleep(0.1)
     finally:
         server.close()
     assert signal.ok and signal.source == SOURCE_PROBE
-    assert [code for code, _ in server.answered_ns] == [503, 503, 503, 200]
-    first_200_ns = server.answered_ns[3][1]
-    assert 0 <= signal.at_ns - first_200_ns <= 0.05 * _NS
+    assert signal.at_ns == fake.t0 + 3 * 30_000_000  # the 4th attempt
+    assert server.answered == [503, 503, 503, 200]
     assert len(reports.signals) == 1
     path, headers = server.requests[0]
     assert path == "/ready?x=1"
@@ -286,25 +434,27 @@ def test_http_ready_at_the_first_2xx_after_503s(make_source: Factory) -> None:
 
 @pytest.mark.parametrize("status", [204, 302])
 def test_http_2xx_and_3xx_are_ready(status: int, make_source: Factory) -> None:
+    fake = FakeTime()
     server = HttpServer(lambda n: status)
-    source, _ = make_source()
+    source, _ = make_source(fake)
     try:
         reports = Reports()
-        source.watch(request(f"http://127.0.0.1:{server.port}"), reports)
+        source.watch(request(f"http://127.0.0.1:{server.port}", now_ns=fake.t0), reports)
         (signal,) = reports.wait()
     finally:
         server.close()
-    assert signal.ok
+    assert signal.ok and signal.at_ns == fake.t0
     assert server.requests[0][0] == "/"
 
 
 @pytest.mark.parametrize("status", [404, 500])
 def test_http_4xx_and_5xx_are_not_ready(status: int, make_source: Factory) -> None:
+    fake = FakeTime()
     server = HttpServer(lambda n: status)
-    source, _ = make_source(probe_interval_s=0.05)
+    source, _ = make_source(fake, probe_interval_s=0.05)
     try:
         reports = Reports()
-        req = request(f"http://127.0.0.1:{server.port}/", deadline_s=0.4)
+        req = request(f"http://127.0.0.1:{server.port}/", now_ns=fake.t0, deadline_s=0.4)
         source.watch(req, reports)
         (signal,) = reports.wait()
     finally:
@@ -312,71 +462,94 @@ def test_http_4xx_and_5xx_are_not_ready(status: int, make_source: Factory) -> No
     assert not signal.ok
     assert signal.reason == DEADLINE_REASON
     assert signal.at_ns == req.deadline_ns
-    assert server.count() >= 4  # it kept trying until the deadline
+    assert server.count() == 8  # at 0, 0.05, ... 0.35 s: it kept trying until the deadline
 
 
-# -- deadline, cancel, errors ----------------------------------------------------------
-@pytest.mark.parametrize("scheme", ["tcp", "http"])
-def test_a_target_that_never_answers_gives_up_at_the_deadline(
-    scheme: str, make_source: Factory
-) -> None:
-    # tcp: a bound port that never listens (refused); http: a listener that never accepts
-    # (connects, then each attempt hits its timeout)
-    if scheme == "tcp":
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    else:
-        silent = SilentListener()
-        port = silent.port
-    source, counters = make_source(probe_interval_s=0.05, probe_timeout_s=0.1)
+# -- refused and hanging, real sockets -------------------------------------------------
+def test_a_refused_port_is_tried_every_interval_until_the_deadline(make_source: Factory) -> None:
+    fake = FakeTime()
+    listener = Listener()  # bound, never listening: refused
+    source, counters = make_source(fake, probe_interval_s=0.05)
     try:
         reports = Reports()
-        req = request(f"{scheme}://127.0.0.1:{port}", deadline_s=0.5)
+        req = request(f"tcp://127.0.0.1:{listener.port}", now_ns=fake.t0, deadline_s=0.5)
         source.watch(req, reports)
         (signal,) = reports.wait()
     finally:
-        sock.close() if scheme == "tcp" else silent.close()
+        listener.close()
     assert signal == ReadySignal(
         req.key, 1, req.deadline_ns, SOURCE_PROBE, ok=False, reason=DEADLINE_REASON
     )
-    late_s = (reports.arrived_ns[0] - req.deadline_ns) / _NS
-    assert -0.005 <= late_s <= 0.1, late_s
-    assert counters.get(semconv.READINESS_PROBES) >= 3
+    assert counters.get(semconv.READINESS_PROBES) == 10
 
 
-def test_cancel_stops_the_probe_and_reports_nothing(make_source: Factory) -> None:
-    server = HttpServer(lambda n: 404)
-    source, _ = make_source(probe_interval_s=0.03)
+def test_a_hanging_server_ends_each_attempt_at_its_real_timeout(make_source: Factory) -> None:
+    silent = Listener(listen=True, accept=False)  # connects, never answers
+    fake = FakeTime()
+    source, counters = make_source(fake, probe_interval_s=0.05, probe_timeout_s=0.1)
     try:
         reports = Reports()
-        req = request(f"http://127.0.0.1:{server.port}/", deadline_s=0.5)
+        req = request(f"http://127.0.0.1:{silent.port}/", now_ns=fake.t0, deadline_s=0.2)
+        began = time.monotonic()
         source.watch(req, reports)
-        deadline = time.monotonic() + 5
-        while server.count() < 2 and time.monotonic() < deadline:
-            time.sleep(0.005)
+        (signal,) = reports.wait()
+        took = time.monotonic() - began
+    finally:
+        silent.close()
+    assert signal.at_ns == req.deadline_ns and not signal.ok
+    assert counters.get(semconv.READINESS_PROBES) == 4
+    # each attempt waited its own timeout in real time; the last one (at 0.15 s of the
+    # clock) only what was left before the deadline
+    assert took >= 3 * 0.1 + 0.05, took
+
+
+def test_on_the_real_clock_the_deadline_cuts_a_hanging_attempt(make_source: Factory) -> None:
+    silent = Listener(listen=True, accept=False)
+    source, _ = make_source(probe_interval_s=0.05, probe_timeout_s=5.0)
+    try:
+        reports = Reports()
+        req = request(f"http://127.0.0.1:{silent.port}/", deadline_s=0.3)
+        source.watch(req, reports)
+        (signal,) = reports.wait()
+    finally:
+        silent.close()
+    assert signal.at_ns == req.deadline_ns and signal.reason == DEADLINE_REASON
+    late_s = (reports.arrived_ns[0] - req.deadline_ns) / _NS
+    assert -0.005 <= late_s <= 0.2, late_s
+
+
+# -- cancel, supersede, errors ---------------------------------------------------------
+def test_cancel_stops_the_probe_and_reports_nothing(make_source: Factory) -> None:
+    fake = FakeTime(auto=False)
+    server = HttpServer(lambda n: 404)
+    source, _ = make_source(fake, probe_interval_s=0.03)
+    try:
+        reports = Reports()
+        req = request(f"http://127.0.0.1:{server.port}/", now_ns=fake.t0, deadline_s=0.5)
+        source.watch(req, reports)
+        fake.wait_sleeping(1)  # the first attempt is over: waiting for the next
         source.cancel(req.key)
-        time.sleep(0.05)  # an attempt in flight at the cancel may still arrive
-        seen = server.count()
-        time.sleep(0.6)  # past the deadline
-        assert server.count() == seen
+        fake.wait_sleeping(0)  # the probe has ended
+        fake.advance(1.0)  # past the deadline
+        assert server.count() == 1
     finally:
         server.close()
     assert reports.signals == []
 
 
 def test_a_new_watch_of_the_same_container_supersedes_the_old(make_source: Factory) -> None:
-    listener = DelayedListener(0.0)
-    source, _ = make_source(probe_interval_s=0.03, probe_timeout_s=0.1)
+    fake = FakeTime(auto=False)
+    listener = Listener(listen=True)
+    source, _ = make_source(fake, probe_interval_s=0.03)
     try:
         reports = Reports()
-        old = request("tcp://127.0.0.1:1", deadline_s=0.2, cid="same")
-        new = request(f"tcp://127.0.0.1:{listener.port}", cid="same")
-        new = ReadinessRequest(new.key, 2, new.info, new.started_ns, new.deadline_ns)
+        old = request("tcp://127.0.0.1:1", now_ns=fake.t0, deadline_s=0.2, cid="same")
+        new = request(f"tcp://127.0.0.1:{listener.port}", now_ns=fake.t0, cid="same", attempt=2)
         source.watch(old, reports)
         source.watch(new, reports)
         reports.wait()
-        time.sleep(0.4)  # past the old one's deadline
+        fake.wait_sleeping(0)  # the old one is not waiting for its next attempt
+        fake.advance(1.0)  # past the old one's deadline
     finally:
         listener.close()
     assert [(s.attempt, s.ok) for s in reports.signals] == [(2, True)]
@@ -385,45 +558,52 @@ def test_a_new_watch_of_the_same_container_supersedes_the_old(make_source: Facto
 class _Broken(ProbeSource):
     """A source whose attempts hit a bug (stands for any unexpected exception)."""
 
-    async def _attempt(self, target: ProbeTarget) -> tuple[int | None, str]:
+    async def _attempt(
+        self, target: ProbeTarget, pid: int, deadline_ns: int
+    ) -> tuple[int | None, str]:
         raise RuntimeError("boom")
 
 
 def test_an_unexpected_error_ends_the_probe_not_ok(caplog: pytest.LogCaptureFixture) -> None:
     counters = Counters()
-    source = _Broken(ReadinessConfig(), counters)
+    fake = FakeTime()
+    source = _Broken(ReadinessConfig(), counters, clock=fake.clock, sleep=fake.sleep)
     source.start()
     try:
         reports = Reports()
-        source.watch(request("tcp://127.0.0.1:1"), reports)
+        source.watch(request("tcp://127.0.0.1:1", now_ns=fake.t0), reports)
         (signal,) = reports.wait()
     finally:
         source.shutdown()
     assert not signal.ok
     assert signal.reason == "probe failed: boom"
+    assert signal.at_ns == fake.t0
     assert counters.get(semconv.PIPELINE_ERRORS) == 1
     assert "readiness probe failed" in caplog.text
 
 
 def test_a_report_that_raises_does_not_stop_the_probe_thread(make_source: Factory) -> None:
-    listener = DelayedListener(0.0)
-    source, _ = make_source()
+    fake = FakeTime()
+    listener = Listener(listen=True)
+    source, _ = make_source(fake)
+    raised = threading.Event()
     try:
 
         def broken(signal: ReadySignal) -> None:
+            raised.set()
             raise RuntimeError("receiver bug")
 
-        source.watch(request(f"tcp://127.0.0.1:{listener.port}"), broken)
-        time.sleep(0.1)
+        source.watch(request(f"tcp://127.0.0.1:{listener.port}", now_ns=fake.t0), broken)
+        assert raised.wait(5)
         reports = Reports()
-        source.watch(request(f"tcp://127.0.0.1:{listener.port}"), reports)
+        source.watch(request(f"tcp://127.0.0.1:{listener.port}", now_ns=fake.t0), reports)
         (signal,) = reports.wait()
     finally:
         listener.close()
     assert signal.ok
 
 
-# -- limits and lifecycle --------------------------------------------------------------
+# -- limits and lifecycle (real time) --------------------------------------------------
 def test_at_most_max_concurrent_probes_attempts_are_in_flight(make_source: Factory) -> None:
     server = HttpServer(lambda n: 200, hold_s=0.05)
     source, _ = make_source(max_concurrent_probes=4, probe_timeout_s=5.0)
@@ -441,11 +621,12 @@ def test_at_most_max_concurrent_probes_attempts_are_in_flight(make_source: Facto
 
 
 def test_shutdown_with_probes_running_is_prompt_and_final() -> None:
-    silent = SilentListener()
+    silent = Listener(listen=True, accept=False)
     counters = Counters()
     source = ProbeSource(
         ReadinessConfig(probe_timeout_s=5.0, probe_deadline_s=10.0, max_concurrent_probes=8),
         counters,
+        sockets=plain_sockets,
     )
     source.start()
     reports = Reports()
@@ -482,3 +663,53 @@ def test_shutdown_without_start_and_watch_before_start() -> None:
     source.watch(request("tcp://127.0.0.1:1"), reports)
     source.cancel(ContainerKey("ns", "x"))
     assert reports.signals == []
+
+
+# -- the default factory: the container's network namespace ----------------------------
+def dead_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()  # reaped: /proc/<pid> is gone
+    return proc.pid
+
+
+def test_the_namespace_helper_says_why_it_cannot_make_a_socket() -> None:
+    netns = ContainerNetns()
+    with pytest.raises(NamespaceUnavailable, match="not running"):
+        asyncio.run(netns(os.getpid(), socket.AF_INET))  # before start()
+    netns.start()
+    try:
+        with pytest.raises(NamespaceUnavailable, match="the container's pid is unknown"):
+            asyncio.run(netns(0, socket.AF_INET))
+        pid = dead_pid()
+        with pytest.raises(NamespaceUnavailable, match=f"process {pid} is gone"):
+            asyncio.run(netns(pid, socket.AF_INET))
+    finally:
+        netns.shutdown()
+    with pytest.raises(NamespaceUnavailable, match="not running"):
+        asyncio.run(netns(os.getpid(), socket.AF_INET))
+
+
+@pytest.mark.parametrize("pid", [0, -1], ids=["unknown", "dead"])
+def test_a_probe_without_the_containers_namespace_connects_nowhere(
+    pid: int, make_source: Factory
+) -> None:
+    node = Listener(listen=True, accept=False)  # a port open on the node: must stay untouched
+    fake = FakeTime()
+    source, counters = make_source(fake, sockets=None)  # the default: ContainerNetns
+    try:
+        reports = Reports()
+        req = request(
+            f"tcp://127.0.0.1:{node.port}",
+            now_ns=fake.t0,
+            deadline_s=0.2,
+            pid=pid if pid >= 0 else dead_pid(),
+        )
+        source.watch(req, reports)
+        (signal,) = reports.wait()
+        assert node.untouched()
+    finally:
+        node.close()
+    assert signal == ReadySignal(
+        req.key, 1, req.deadline_ns, SOURCE_PROBE, ok=False, reason=DEADLINE_REASON
+    )
+    assert counters.get(semconv.READINESS_PROBES) == 4  # each attempt failed, none connected

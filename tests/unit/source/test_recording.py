@@ -289,7 +289,7 @@ def test_malformed_recording_line_is_skipped_counted_and_reading_continues(bad: 
 )
 def test_a_header_of_another_format_or_version_is_refused(header: str) -> None:
     """Defect 13: a recording header with an unknown version was accepted silently."""
-    with pytest.raises(DecodeError, match="format|version"):
+    with pytest.raises(DecodeError, match=r"format|version"):
         read([header, good_envelope_line(T0)], Counters())
 
 
