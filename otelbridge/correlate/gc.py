@@ -50,14 +50,11 @@ from __future__ import annotations
 
 import heapq
 import logging
-import threading
 from bisect import bisect_left, bisect_right
-from collections import deque
 from dataclasses import dataclass
 from itertools import count
 from typing import Any
 
-from otelbridge import sla
 from otelbridge.core import ids, semconv
 from otelbridge.core.clock import Clock
 from otelbridge.core.config import SlaConfig
@@ -71,7 +68,8 @@ from otelbridge.core.model import (
     SpanRef,
     StartupRecord,
 )
-from otelbridge.sla import p99
+from otelbridge.core.text import escape_controls, truncate
+from otelbridge.correlate.gcwindow import GcWindows
 
 _log = logging.getLogger(__name__)
 _tlog = ThrottledLogger(_log)
@@ -90,14 +88,12 @@ MAX_TRACKED = 100_000
 #: Containers whose snapshot and record were both removed, remembered so a duplicate
 #: /containers/delete does not start a leak clock.
 MAX_DONE = 4096
+#: Longest snapshot key or snapshotter name put on a reclaim span (client-chosen names).
+MAX_NAME = 256
 #: Completed reclaim intervals remembered for the overlap test.
 MAX_INTERVALS = 4096
 #: ... and for how long (clock time): a startup emitted now was created well within it.
 INTERVAL_HORIZON_S = 900.0
-#: Samples per namespace and window (reclaims, leaks, startups): bounds memory under a flood.
-MAX_SAMPLES = 20_000
-#: How many leaked container ids ``figures`` lists per namespace.
-MAX_LEAKED_LISTED = 20
 
 
 @dataclass(slots=True, eq=False)
@@ -135,28 +131,6 @@ class _Startup:
     """What its trace ID derives from: ``""`` the startup's own identity, else a pod's
     identity; ``None``: its trace is not known for certain (no link)."""
     snapshotter: str
-
-
-class _Window:
-    """One namespace's samples for the rolling window (guarded by the tracker's lock)."""
-
-    __slots__ = ("leaks", "reclaims", "startups")
-
-    def __init__(self) -> None:
-        self.reclaims: deque[tuple[int, float, bool]] = deque(maxlen=MAX_SAMPLES)
-        """(clock time, duration s, counted as degraded)"""
-        self.leaks: deque[int] = deque(maxlen=MAX_SAMPLES)
-        """clock time of each leak report"""
-        self.startups: deque[tuple[int, bool, float | None]] = deque(maxlen=MAX_SAMPLES)
-        """(clock time, overlapped a reclaim, shim_launch_time s or None)"""
-
-    def trim(self, cutoff_ns: int) -> None:
-        for samples in (self.reclaims, self.startups):
-            while samples and samples[0][0] <= cutoff_ns:
-                samples.popleft()
-        leaks = self.leaks
-        while leaks and leaks[0] <= cutoff_ns:
-            leaks.popleft()
 
 
 class GcTracker:
@@ -197,10 +171,8 @@ class GcTracker:
         self._starts: list[int] = []  # ... and their starts, in the same order
         self._startups: dict[tuple[str, str], _Startup] = {}  # insertion order: oldest first
         self._done: dict[tuple[str, str], None] = {}  # recently ended, oldest first
-        # -- shared with figures(), under the lock
-        self._lock = threading.Lock()
-        self._windows: dict[str, _Window] = {}
-        self._leaked: dict[str, dict[str, int]] = {}  # namespace -> id -> leaked at (clock)
+        # -- shared with figures() (any thread)
+        self._windows = GcWindows(config, clock)
 
     # -- events --------------------------------------------------------------------------
     def process(self, event: LifecycleEvent) -> list[ReclaimRecord]:
@@ -352,8 +324,8 @@ class GcTracker:
         startup = self._startups.pop(key, None)
         record = ReclaimRecord(
             key=state.key,
-            snapshot_key=event.subject,
-            snapshotter=event.snapshotter or (startup.snapshotter if startup else ""),
+            snapshot_key=self._clean(event.subject),
+            snapshotter=self._clean(event.snapshotter or (startup.snapshotter if startup else "")),
             start_ns=start_ns,
             end_ns=end_ns,
             degraded=degraded,
@@ -382,12 +354,16 @@ class GcTracker:
             )
         if not leaked:  # a kept snapshot was not "in flight" all that time
             self._add_interval(start_ns, end_ns)
-        with self._lock:
-            window = self._windows.get(event.namespace)
-            if window is None:
-                window = self._windows[event.namespace] = _Window()
-            window.reclaims.append((now, duration_ns / _NS, counted))
+        self._windows.reclaimed(event.namespace, now, duration_ns / _NS, counted)
         return [record]
+
+    def _clean(self, value: str) -> str:
+        """A client-chosen name as a span attribute: control characters escaped (counted
+        in ``otelbridge.attributes.sanitized``), cut to :data:`MAX_NAME` characters."""
+        clean, changed = escape_controls(value)
+        if changed:
+            self._counters.inc(semconv.ATTRIBUTES_SANITIZED)
+        return truncate(clean, MAX_NAME)
 
     def _ended(self, key: tuple[str, str]) -> None:
         done = self._done
@@ -467,12 +443,7 @@ class GcTracker:
         state.leaked = True
         key = state.key
         self._counters.inc(semconv.GC_LEAKED)
-        with self._lock:
-            self._leaked.setdefault(key.namespace, {})[key.id] = now
-            window = self._windows.get(key.namespace)
-            if window is None:
-                window = self._windows[key.namespace] = _Window()
-            window.leaks.append(now)
+        self._windows.leaked(key, now)
         since = state.exit_ns if state.exit_ns is not None else state.deleted_ns
         age_s = (now - since) / _NS if since is not None else self._cfg.gc_leak_ttl_s
         how = (
@@ -493,12 +464,7 @@ class GcTracker:
     def _clear_leak(self, state: _Snapshot) -> None:
         state.leaked = False
         key = state.key
-        with self._lock:
-            ids_ = self._leaked.get(key.namespace)
-            if ids_ is not None:
-                ids_.pop(key.id, None)
-                if not ids_:
-                    del self._leaked[key.namespace]
+        self._windows.leak_cleared(key)
 
     # -- startups ------------------------------------------------------------------------
     def overlaps(self, record: StartupRecord) -> bool:
@@ -531,11 +497,7 @@ class GcTracker:
         if record.container_create_ns is not None and record.task_create_ns is not None:
             shim_s = max(0, record.task_create_ns - record.container_create_ns) / _NS
         now = self._clock.now_ns()
-        with self._lock:
-            window = self._windows.get(record.key.namespace)
-            if window is None:
-                window = self._windows[record.key.namespace] = _Window()
-            window.startups.append((now, overlapped, shim_s))
+        self._windows.started(record.key.namespace, now, overlapped, shim_s)
         self._remember(record)
         return overlapped
 
@@ -586,39 +548,10 @@ class GcTracker:
         whose snapshot is leaked at this moment, ``leaked_now_total`` how many there are.
         Any thread; never raises."""
         try:
-            return {"gc": self._figures(namespace)}
+            return {"gc": self._windows.figures(namespace)}
         except Exception:
             _log.exception("gc: figures of %r failed", namespace)
             return {"gc": {}}
-
-    def _figures(self, namespace: str) -> dict[str, Any]:
-        now = self._clock.now_ns()
-        with self._lock:
-            window = self._windows.get(namespace)
-            if window is not None:
-                window.trim(now - self._window_ns)
-                reclaims = list(window.reclaims)
-                leaks = len(window.leaks)
-                startups = list(window.startups)
-            else:
-                reclaims, leaks, startups = [], 0, []
-            leaked_now = sorted(self._leaked.get(namespace, {}))
-        durations = [d for _, d, _ in reclaims]
-        overlapped = [s for _, o, s in startups if o and s is not None]
-        others = [s for _, o, s in startups if not o and s is not None]
-        return {
-            "reclaims": len(reclaims),
-            "degraded": sum(1 for _, _, counted in reclaims if counted),
-            "reclaim_p99_s": p99(durations) if durations else None,
-            "reclaim_budget_s": self._cfg.gc_reclaim_max_s,
-            "leaked": leaks,
-            "leaked_now": leaked_now[:MAX_LEAKED_LISTED],
-            "leaked_now_total": len(leaked_now),
-            "leak_ttl_s": self._cfg.gc_leak_ttl_s,
-            "overlapped_startups": sum(1 for _, o, _ in startups if o),
-            "create_p50_s_overlapped": sla.p50(overlapped) if overlapped else None,
-            "create_p50_s_other": sla.p50(others) if others else None,
-        }
 
     @property
     def tracked(self) -> int:

@@ -32,11 +32,8 @@ Watch restarts
       etcd: every node runs a bridge;
     * 401/403 (no RBAC for pods): logged as such and retried; meanwhile the source does
       not apply, so containers fall back to the next readiness source;
-    * the library's own watch helper (``kubernetes.watch.Watch``) is not used: on a 410
-      it silently re-watches once from the same expired resourceVersion, and without
-      deserialising every pod into a model it neither tracks the resourceVersion nor
-      survives an ``ERROR`` event. The stream is read here, line by line, from the
-      library's raw response.
+    * the stream is read line by line from the library's raw response
+      (:func:`otelbridge.readiness.k8s.stream_lines`, which says why).
 
 Threads: one watches the API (I/O only, never reports), one delivers verdicts and
 applies deadlines; :meth:`KubernetesSource.watch` and :meth:`KubernetesSource.cancel`
@@ -53,19 +50,12 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from kubernetes import client as k8s_client
-from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
-from kubernetes.config.incluster_config import (
-    SERVICE_CERT_FILENAME,
-    SERVICE_TOKEN_FILENAME,
-    InClusterConfigLoader,
-)
 
 from otelbridge.core import semconv
 from otelbridge.core.backoff import Backoff
@@ -75,7 +65,7 @@ from otelbridge.core.counters import Counters
 from otelbridge.core.errors import ConfigError
 from otelbridge.core.logutil import ThrottledLogger
 from otelbridge.core.model import ContainerInfo, ContainerKey, ReadySignal
-from otelbridge.readiness import SOURCE_KUBERNETES, ReadinessRequest, Report
+from otelbridge.readiness import SOURCE_KUBERNETES, ReadinessRequest, Report, k8s
 
 __all__ = ["KubernetesSource"]
 
@@ -96,27 +86,6 @@ _JOIN_TIMEOUT_S = 5.0
 
 class _Gone(Exception):
     """The watch's resourceVersion expired (410): list again."""
-
-
-class _WatchError(Exception):
-    """The watch stream reported an error other than 410."""
-
-
-@dataclass(slots=True)
-class _Container:
-    """The last status seen of one container of a pod."""
-
-    container_id: str  # containerd's id, without the "containerd://" scheme
-    restart_count: int
-    ready: bool
-    ready_since_ns: int | None  # when it was seen turning ready (this container id)
-
-
-@dataclass(slots=True)
-class _Pod:
-    namespace: str
-    name: str
-    containers: dict[str, _Container]
 
 
 @dataclass(slots=True, eq=False)
@@ -143,59 +112,6 @@ def _pod_uid(info: ContainerInfo) -> str:
     if info.pod is not None and info.pod.uid:
         return info.pod.uid
     return info.cri.pod_uid if info.cri is not None else ""
-
-
-def _container_id(status_id: str) -> str:
-    """``containerd://abc`` -> ``abc`` (any runtime scheme is taken off)."""
-    return status_id.partition("://")[2] or status_id
-
-
-def _statuses(pod: Mapping[str, Any]) -> dict[str, tuple[str, int, bool]]:
-    """Container name -> (container id, restart count, ready) from a pod object. Init
-    containers count too: a sidecar (a restartable init container) has a readiness of
-    its own, and a plain init container has ended before it would be ready."""
-    status = pod.get("status")
-    out: dict[str, tuple[str, int, bool]] = {}
-    if not isinstance(status, Mapping):
-        return out
-    for key in ("initContainerStatuses", "containerStatuses"):
-        statuses = status.get(key)
-        if not isinstance(statuses, list):
-            continue
-        for cs in statuses:
-            if not isinstance(cs, Mapping):
-                continue
-            name = cs.get("name")
-            if not isinstance(name, str) or not name:
-                continue
-            cid = cs.get("containerID")
-            restarts = cs.get("restartCount")
-            out[name] = (
-                _container_id(cid) if isinstance(cid, str) else "",
-                restarts if isinstance(restarts, int) else 0,
-                cs.get("ready") is True,
-            )
-    return out
-
-
-def _metadata(obj: Any) -> Mapping[str, Any]:
-    meta = obj.get("metadata") if isinstance(obj, Mapping) else None
-    return meta if isinstance(meta, Mapping) else {}
-
-
-def _lines(response: Any) -> Iterator[bytes]:
-    """The non-empty lines of a watch response, as they arrive (one JSON event each)."""
-    pending = bytearray()
-    # amt=None: a chunked response yields each chunk as it comes, not a full buffer
-    for chunk in response.stream(None):
-        pending += chunk
-        while (end := pending.find(b"\n")) >= 0:
-            line = bytes(pending[:end]).strip()
-            del pending[: end + 1]
-            if line:
-                yield line
-    if pending.strip():
-        raise _WatchError("the watch stream ended in the middle of an event")
 
 
 class KubernetesSource:
@@ -248,7 +164,7 @@ class KubernetesSource:
                         "the downward API, spec.nodeName) or enrich.node_name"
                     ]
                 )
-            configuration = _load_configuration(
+            configuration = k8s.load_configuration(
                 config.kubeconfig,
                 os.environ if environ is None else environ,
                 service_account_dir,
@@ -259,7 +175,7 @@ class KubernetesSource:
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)  # the delivering thread's
         # -- under _lock --
-        self._pods: dict[str, _Pod] = {}
+        self._pods: dict[str, k8s.PodStatus] = {}
         self._watched: dict[ContainerKey, _Watched] = {}
         self._by_pod: dict[str, set[ContainerKey]] = {}
         self._deadlines: list[_Deadline] = []
@@ -349,7 +265,7 @@ class KubernetesSource:
         with self._response_lock:
             response = self._response
         if response is not None:
-            _cut(response)
+            k8s.cut(response)
         for thread in self._threads:
             thread.join(_JOIN_TIMEOUT_S)
         if self._api_client is not None:
@@ -419,7 +335,7 @@ class KubernetesSource:
     # -- the pod cache (under _lock) ------------------------------------------------------
     def _apply(self, obj: Any, now_ns: int, *, late: bool) -> None:
         """One pod's current state (a watch event's or a listing's)."""
-        meta = _metadata(obj)
+        meta = k8s.metadata(obj)
         uid = meta.get("uid")
         if not isinstance(uid, str) or not uid:
             return
@@ -430,11 +346,11 @@ class KubernetesSource:
             return
         pod = self._pods.get(uid)
         if pod is None:
-            pod = self._pods[uid] = _Pod(
+            pod = self._pods[uid] = k8s.PodStatus(
                 str(meta.get("namespace", "")), str(meta.get("name", "")), {}
             )
-        containers: dict[str, _Container] = {}
-        for name, (cid, restarts, ready) in _statuses(obj).items():
+        containers: dict[str, k8s.ContainerStatus] = {}
+        for name, (cid, restarts, ready) in k8s.statuses(obj).items():
             before = pod.containers.get(name)
             same = (
                 before is not None
@@ -446,7 +362,7 @@ class KubernetesSource:
                 continue
             # a new container id or restart count is another container: its readiness
             # starts afresh even if the previous one's was already true
-            containers[name] = _Container(cid, restarts, ready, now_ns if ready else None)
+            containers[name] = k8s.ContainerStatus(cid, restarts, ready, now_ns if ready else None)
             if ready and late:
                 self._counters.inc(semconv.KUBERNETES_READY_LATE)
                 _log.info(
@@ -463,7 +379,7 @@ class KubernetesSource:
                 self._evaluate(watched)
 
     def _remove(self, obj: Any) -> None:
-        uid = _metadata(obj).get("uid")
+        uid = k8s.metadata(obj).get("uid")
         if isinstance(uid, str):
             self._pods.pop(uid, None)
 
@@ -509,35 +425,7 @@ class KubernetesSource:
         return self._backoff.delay(attempt)
 
     def _log_failure(self, exc: Exception, delay: float) -> None:
-        if isinstance(exc, ApiException):
-            status = exc.status
-            if status in (401, 403):
-                _tlog.log(
-                    logging.ERROR,
-                    "refused",
-                    "the Kubernetes API refused to list/watch pods (%s %s): the bridge's "
-                    "service account needs get, list and watch on pods (deploy/rbac.yaml); "
-                    "retrying in %.1fs, other readiness sources apply meanwhile",
-                    status,
-                    exc.reason,
-                    delay,
-                )
-                return
-            _tlog.warning(
-                "api",
-                "the Kubernetes API answered %s %s; retrying in %.1fs",
-                status,
-                exc.reason,
-                delay,
-            )
-            return
-        if isinstance(exc, (OSError, _WatchError, ValueError)) or _is_transport_error(exc):
-            _tlog.warning("connection", "watching pods failed: %s; retrying in %.1fs", exc, delay)
-            return
-        # not a failure of the API or the network: a bug, with its traceback
-        _tlog.log(
-            logging.ERROR, "bug", "watching pods failed; retrying in %.1fs", delay, exc_info=True
-        )
+        k8s.log_failure(_tlog, exc, delay)
 
     def _list(self) -> None:
         """Lists the node's pods and reconciles the cache with them.
@@ -565,16 +453,16 @@ class KubernetesSource:
         now = self._clock.now_ns()
         listing = json.loads(body)
         items = listing.get("items") if isinstance(listing, Mapping) else None
-        rv = _metadata(listing).get("resourceVersion")
+        rv = k8s.metadata(listing).get("resourceVersion")
         if not isinstance(items, list) or not isinstance(rv, str):
-            raise _WatchError("the pod listing has no items or no resourceVersion")
+            raise k8s.WatchError("the pod listing has no items or no resourceVersion")
         with self._lock:
             relisting = self._listed
             if relisting:
                 self._counters.inc(semconv.KUBERNETES_RELISTS)
             seen = set()
             for obj in items:
-                uid = _metadata(obj).get("uid")
+                uid = k8s.metadata(obj).get("uid")
                 if isinstance(uid, str):
                     seen.add(uid)
                 # a transition first seen here happened while the watch was down
@@ -619,7 +507,7 @@ class KubernetesSource:
         try:
             if self._stop.is_set():  # shutdown() came before the response was kept
                 return
-            for line in _lines(response):
+            for line in k8s.stream_lines(response):
                 self._on_event(line)
                 if self._stop.is_set():
                     return
@@ -630,13 +518,13 @@ class KubernetesSource:
             response.release_conn()
         if not self._received and time.monotonic() - started < 1.0:
             # a server that ends every watch at once must not make this loop spin
-            raise _WatchError("the watch ended as soon as it started")
+            raise k8s.WatchError("the watch ended as soon as it started")
 
     def _on_event(self, line: bytes) -> None:
         now = self._clock.now_ns()  # the moment of arrival is the measured moment
         event = json.loads(line)
         if not isinstance(event, Mapping):
-            raise _WatchError(f"a watch event that is not an object: {line[:200]!r}")
+            raise k8s.WatchError(f"a watch event that is not an object: {line[:200]!r}")
         kind = event.get("type")
         obj = event.get("object")
         self._received = True
@@ -645,8 +533,8 @@ class KubernetesSource:
             message = f"{status.get('reason', '')}: {status.get('message', '')}"
             if status.get("code") == 410:
                 raise _Gone(message)
-            raise _WatchError(f"watch error {status.get('code')} {message}")
-        rv = _metadata(obj).get("resourceVersion")
+            raise k8s.WatchError(f"watch error {status.get('code')} {message}")
+        rv = k8s.metadata(obj).get("resourceVersion")
         if kind in ("ADDED", "MODIFIED"):
             with self._lock:
                 self._apply(obj, now, late=False)
@@ -713,52 +601,3 @@ class KubernetesSource:
                 watched.report(verdict)
             except Exception:
                 _log.exception("reporting the readiness of %s failed", verdict.key)
-
-
-def _cut(response: Any) -> None:
-    """Unblocks a thread reading ``response`` (urllib3 >= 2.3 ``shutdown``)."""
-    try:
-        shutdown = getattr(response, "shutdown", None)
-        if shutdown is not None:
-            shutdown()
-        else:
-            response.close()
-    except Exception:  # the stream may be ending by itself at the same time
-        _log.debug("cutting the pod watch failed", exc_info=True)
-
-
-def _is_transport_error(exc: Exception) -> bool:
-    """urllib3's errors (connection refused, broken stream, read timeout)."""
-    return type(exc).__module__.startswith("urllib3")
-
-
-def _load_configuration(
-    kubeconfig: str, environ: Mapping[str, str], service_account_dir: str
-) -> Any:
-    """The client configuration: from ``kubeconfig`` (its current context) when set,
-    else in-cluster (the pod's service account token and CA, the API server from
-    ``KUBERNETES_SERVICE_HOST``/``_PORT``). The token is re-read as the library does
-    (bound service account tokens rotate). The kubeconfig file is never written back."""
-    configuration = k8s_client.Configuration()
-    try:
-        if kubeconfig:
-            k8s_config.load_kube_config(  # type: ignore[no-untyped-call]
-                config_file=kubeconfig,
-                client_configuration=configuration,
-                persist_config=False,
-            )
-        else:
-            token, ca = SERVICE_TOKEN_FILENAME, SERVICE_CERT_FILENAME
-            if service_account_dir:
-                token = str(Path(service_account_dir) / "token")
-                ca = str(Path(service_account_dir) / "ca.crt")
-            loader = InClusterConfigLoader(  # type: ignore[no-untyped-call]
-                token_filename=token, cert_filename=ca, environ=environ
-            )
-            loader.load_and_set(configuration)  # type: ignore[no-untyped-call]
-    except Exception as exc:  # the library raises ConfigException, OSError, YAML errors
-        where = f"readiness.kubeconfig {kubeconfig}" if kubeconfig else "in-cluster config"
-        raise ConfigError(
-            [f"readiness.kubernetes: cannot load the Kubernetes client's {where}: {exc}"]
-        ) from exc
-    return configuration

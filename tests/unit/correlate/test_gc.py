@@ -34,7 +34,7 @@ from otelbridge.core.model import (
     StartupRecord,
 )
 from otelbridge.core.tracecontext import NOT_FOUND, Resolution, TraceContext
-from otelbridge.correlate import gc
+from otelbridge.correlate import gc, gcwindow
 from otelbridge.correlate.gc import GcTracker
 from otelbridge.decode import decode
 from otelbridge.emit.reclaim import build_reclaim_span
@@ -481,7 +481,7 @@ def test_figures_list_a_bounded_number_of_leaked_containers() -> None:
     rig.clock.advance(601)
     rig.tracker.expire()
     figures = rig.figures()
-    assert figures["leaked_now"] == [f"c{i:02}" for i in range(gc.MAX_LEAKED_LISTED)]
+    assert figures["leaked_now"] == [f"c{i:02}" for i in range(gcwindow.MAX_LEAKED_LISTED)]
     assert figures["leaked_now_total"] == 30
     assert figures["leaked"] == 30
 
@@ -609,7 +609,7 @@ def test_a_bug_costs_one_event_and_is_counted(
     monkeypatch.setattr(rig.tracker, "_exited", broken)
     monkeypatch.setattr(rig.tracker, "_flying_since", broken)
     monkeypatch.setattr(rig.tracker, "_expire", broken)
-    monkeypatch.setattr(rig.tracker, "_figures", broken)
+    monkeypatch.setattr(rig.tracker._windows, "figures", broken)
     with caplog.at_level(logging.ERROR):
         assert rig.feed(rig.tl.run_container("web")) != []  # the rest goes on
         assert rig.tracker.overlaps(startup("s", T0, T0 + MS)) is False
@@ -821,3 +821,15 @@ def test_a_startup_created_during_a_reclaim_is_tagged_in_replay() -> None:
     assert attrs(roots["second"]).get(semconv.OB_GC_OVERLAP) is True
     assert semconv.OB_GC_OVERLAP not in attrs(roots["first"])
     assert semconv.OB_GC_OVERLAP not in attrs(roots["third"])
+
+
+def test_a_snapshot_key_with_control_characters_is_escaped_and_counted() -> None:
+    """Defect 13: client-chosen names reached the reclaim span unescaped."""
+    counters = Counters()
+    tracker = GcTracker(SlaConfig(), FakeClock(), counters)
+    key = "snap\nforged\x1b[2J"
+    t = 1_700_000_000_000_000_000
+    tracker.process(LifecycleEvent(EventKind.CONTAINER_DELETE, t, "default", key))
+    [reclaim] = tracker.process(LifecycleEvent(EventKind.SNAPSHOT_REMOVE, t + MS, "default", key))
+    assert reclaim.snapshot_key == "snap\\nforged\\x1b[2J"
+    assert counters.get(semconv.ATTRIBUTES_SANITIZED) == 1
