@@ -84,30 +84,26 @@ def _task_start(m: Any, t: int, ns: str) -> LifecycleEvent:
     return LifecycleEvent(EventKind.TASK_START, t, ns, m.container_id, pid=m.pid)
 
 
-def _task_exit(m: Any, t: int, ns: str) -> LifecycleEvent:
-    return LifecycleEvent(
-        EventKind.TASK_EXIT,
-        t,
-        ns,
-        m.container_id,
-        pid=m.pid,
-        exec_id=m.id,
-        exit_status=m.exit_status,
-        exited_at_ns=timestamp_ns(m.exited_at),
-    )
+def _task_ended(kind: EventKind) -> Callable[[Any, int, str], LifecycleEvent]:
+    """TaskExit and TaskDelete carry the same fields (container, process, exit)."""
+
+    def build(m: Any, t: int, ns: str) -> LifecycleEvent:
+        return LifecycleEvent(
+            kind,
+            t,
+            ns,
+            m.container_id,
+            pid=m.pid,
+            exec_id=m.id,
+            exit_status=m.exit_status,
+            exited_at_ns=timestamp_ns(m.exited_at),
+        )
+
+    return build
 
 
-def _task_delete(m: Any, t: int, ns: str) -> LifecycleEvent:
-    return LifecycleEvent(
-        EventKind.TASK_DELETE,
-        t,
-        ns,
-        m.container_id,
-        pid=m.pid,
-        exec_id=m.id,
-        exit_status=m.exit_status,
-        exited_at_ns=timestamp_ns(m.exited_at),
-    )
+_task_exit = _task_ended(EventKind.TASK_EXIT)
+_task_delete = _task_ended(EventKind.TASK_DELETE)
 
 
 def _task_oom(m: Any, t: int, ns: str) -> LifecycleEvent:

@@ -127,7 +127,31 @@ def _read_certificate(path: str | None) -> bytes | None:
 
 
 # -- gRPC -----------------------------------------------------------------------------------
-class OtlpGrpcExporter:
+class _Attempts:
+    """What both OTLP exporters keep between attempts: the last feedback, shut down."""
+
+    name: str
+
+    def __init__(self) -> None:
+        self._feedback = NO_FEEDBACK
+        self._closed = False
+        self._partial_log = LogThrottle()
+
+    def _begin(self) -> bool:
+        """Starts an attempt: clears the last feedback; False (why in the feedback) once
+        the exporter is shut down."""
+        if self._closed:
+            self._feedback = ExportFeedback(error=f"{self.name} is shut down")
+            return False
+        self._feedback = NO_FEEDBACK
+        return True
+
+    def last_feedback(self) -> ExportFeedback:
+        """Partial success, retry delay or error of the most recent ``export``."""
+        return self._feedback
+
+
+class OtlpGrpcExporter(_Attempts):
     """Sends each request with one unary ``TraceService/Export`` call.
 
     The channel connects lazily and reconnects by itself; its reconnect backoff is capped
@@ -179,15 +203,11 @@ class OtlpGrpcExporter:
         self._metadata = tuple((k.lower(), v) for k, v in (headers or {}).items())
         self._timeout_s = timeout_s
         self._compression = grpc.Compression.Gzip if compression == "gzip" else None
-        self._feedback = NO_FEEDBACK
-        self._closed = False
-        self._partial_log = LogThrottle()
+        _Attempts.__init__(self)
 
     def export(self, request: ExportTraceServiceRequest, span_count: int) -> ExportResult:
         """One ``Export`` call. Never raises."""
-        self._feedback = NO_FEEDBACK
-        if self._closed:
-            log.warning("otlp/grpc exporter is shut down; %d spans not sent", span_count)
+        if not self._begin():
             return ExportResult.FAILURE
         try:
             response = self._call(
@@ -225,10 +245,6 @@ class OtlpGrpcExporter:
             return ExportResult.RETRY
         self._feedback = ExportFeedback(error=error)
         return ExportResult.FAILURE
-
-    def last_feedback(self) -> ExportFeedback:
-        """Partial success or retry delay from the most recent ``export``."""
-        return self._feedback
 
     def shutdown(self) -> None:
         """Closes the channel (cancelling a running call). Idempotent."""
@@ -294,7 +310,7 @@ def _status_message(data: bytes) -> str | None:
 
 
 # -- HTTP -------------------------------------------------------------------------------------
-class OtlpHttpExporter:
+class OtlpHttpExporter(_Attempts):
     """POSTs each request to the traces URL, as protobuf or OTLP/JSON.
 
     One HTTP/1.1 connection is kept open between batches. When a kept-alive connection
@@ -340,15 +356,11 @@ class OtlpHttpExporter:
         }
         if self._gzip:
             self._headers["Content-Encoding"] = "gzip"
-        self._feedback = NO_FEEDBACK
-        self._closed = False
-        self._partial_log = LogThrottle()
+        _Attempts.__init__(self)
 
     def export(self, request: ExportTraceServiceRequest, span_count: int) -> ExportResult:
         """One POST. Never raises."""
-        self._feedback = NO_FEEDBACK
-        if self._closed:
-            log.warning("otlp/http exporter is shut down; %d spans not sent", span_count)
+        if not self._begin():
             return ExportResult.FAILURE
         try:
             if self._json:
@@ -443,10 +455,6 @@ class OtlpHttpExporter:
             if message is not None:
                 return message
         return data[:200].decode("utf-8", "replace")
-
-    def last_feedback(self) -> ExportFeedback:
-        """Partial success or ``Retry-After`` from the most recent ``export``."""
-        return self._feedback
 
     def shutdown(self) -> None:
         """Closes the connection. Idempotent."""

@@ -47,7 +47,6 @@ import copy
 import http.server
 import json
 import socket
-import ssl
 import sys
 import threading
 import time
@@ -55,9 +54,10 @@ import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Self
 from urllib.parse import parse_qs, urlsplit
+
+from otelbridge.testing.serving import TrackingHTTPServer, serve_in_thread
 
 __all__ = [
     "ApiRequest",
@@ -370,40 +370,20 @@ class _Watch:
     established: bool = False
 
 
-class _HttpServer(http.server.ThreadingHTTPServer):
+class _HttpServer(TrackingHTTPServer):
     """Keeps its connections so :meth:`FakeKubeAPI.close` can cut them."""
 
     daemon_threads = True
-    allow_reuse_address = True
 
     def __init__(self, address: tuple[str, int], owner: FakeKubeAPI) -> None:
         self.owner = owner
-        self.connections: set[socket.socket] = set()
-        self.connections_lock = threading.Lock()
         super().__init__(address, _Handler)
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        with self.connections_lock:
-            self.connections.add(request)
-        super().process_request(request, client_address)
-
-    def shutdown_request(self, request: Any) -> None:
-        with self.connections_lock:
-            self.connections.discard(request)
-        super().shutdown_request(request)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # a client that cut its connection (a dropped watch, a stopping bridge) is not
         # the server's error; anything else is printed as socketserver does
         if not isinstance(sys.exc_info()[1], OSError):
             super().handle_error(request, client_address)
-
-    def cut_connections(self) -> None:
-        with self.connections_lock:
-            connections = list(self.connections)
-        for connection in connections:
-            with contextlib.suppress(OSError):  # already closed by the peer
-                connection.shutdown(socket.SHUT_RDWR)
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -503,19 +483,9 @@ class FakeKubeAPI:
         with self._cond:
             self._closing = False
         server = _HttpServer((self.host, self.port), self)
-        if self._tls:
-            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            context.load_cert_chain(*self._tls)
-            server.socket = context.wrap_socket(server.socket, server_side=True)
+        self._thread = serve_in_thread(server, self._tls, "fake-kube-api")
         self.port = server.server_address[1]
         self._server = server
-        self._thread = threading.Thread(
-            target=server.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name="fake-kube-api",
-            daemon=True,
-        )
-        self._thread.start()
         return self
 
     def close(self) -> None:
@@ -536,12 +506,7 @@ class FakeKubeAPI:
     def __enter__(self) -> Self:
         return self.start()
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def write_kubeconfig(self, path: str | Path, *, ca_file: str = "") -> Path:

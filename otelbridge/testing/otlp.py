@@ -24,17 +24,13 @@ Use them as context managers; ``stop()`` leaves no thread or socket behind::
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import dataclasses
 import gzip
 import http.server
 import json
 import logging
-import socket
-import ssl
 import threading
 from collections.abc import Callable, Mapping
-from types import TracebackType
 from typing import Any, Self
 
 import grpc
@@ -53,6 +49,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from otelbridge.core.errors import DecodeError
 from otelbridge.export.files import from_otlp_json
+from otelbridge.testing.serving import TrackingHTTPServer, serve_in_thread
 
 __all__ = [
     "OtlpHttpReceiver",
@@ -347,17 +344,12 @@ class OtlpReceiver(_Collector):
     def __enter__(self) -> Self:
         return self.start()
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()
 
 
 # -- HTTP -------------------------------------------------------------------------------------
-class _HttpServer(http.server.ThreadingHTTPServer):
+class _HttpServer(TrackingHTTPServer):
     """A threading HTTP server that can cut its open keep-alive connections.
 
     Without that, a stopped receiver would go on answering on connections a client kept
@@ -367,30 +359,10 @@ class _HttpServer(http.server.ThreadingHTTPServer):
 
     daemon_threads = False
     block_on_close = True
-    allow_reuse_address = True
 
     def __init__(self, address: tuple[str, int], handler: type[_Handler], owner: OtlpHttpReceiver):
         self.owner = owner
-        self._connections: set[socket.socket] = set()
-        self._connections_lock = threading.Lock()
         super().__init__(address, handler)
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        with self._connections_lock:
-            self._connections.add(request)
-        super().process_request(request, client_address)
-
-    def shutdown_request(self, request: Any) -> None:
-        with self._connections_lock:
-            self._connections.discard(request)
-        super().shutdown_request(request)
-
-    def close_connections(self) -> None:
-        with self._connections_lock:
-            connections = list(self._connections)
-        for connection in connections:
-            with contextlib.suppress(OSError):  # already closed by the peer
-                connection.shutdown(socket.SHUT_RDWR)
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -521,19 +493,9 @@ class OtlpHttpReceiver(_Collector):
             return self
         self._stopping.clear()
         server = _HttpServer((self.host, self.port), _Handler, self)
-        if self._tls:
-            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            context.load_cert_chain(*self._tls)
-            server.socket = context.wrap_socket(server.socket, server_side=True)
+        self._thread = serve_in_thread(server, self._tls, "otlp-http-receiver")
         self.port = server.server_address[1]
         self._server = server
-        self._thread = threading.Thread(
-            target=server.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name="otlp-http-receiver",
-            daemon=True,
-        )
-        self._thread.start()
         return self
 
     def stop(self) -> None:
@@ -543,7 +505,7 @@ class OtlpHttpReceiver(_Collector):
             return
         self._stopping.set()
         server.shutdown()
-        server.close_connections()
+        server.cut_connections()
         server.server_close()
         if self._thread is not None:
             self._thread.join()
@@ -552,12 +514,7 @@ class OtlpHttpReceiver(_Collector):
     def __enter__(self) -> Self:
         return self.start()
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()
 
 
