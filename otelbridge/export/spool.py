@@ -170,7 +170,13 @@ class StateStore:
     def problems(self) -> list[str]:
         """What is wrong with the state database now (for /readyz); empty when fine."""
         with self._cond:
-            return [self._problem] if self._problem else []
+            problems = [self._problem] if self._problem else []
+            if self._disk_cap is not None:
+                problems.append(
+                    f"the disk of {self.directory} is nearly full: the span spool holds at "
+                    f"most {self._disk_cap // _KIB} KiB, the oldest spans are dropped"
+                )
+            return problems
 
     # -- event thread ----------------------------------------------------------------------
     def load(self) -> Checkpoint:

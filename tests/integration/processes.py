@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import ast
+import json
 import os
 import re
 import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 OTELBRIDGE = [sys.executable, "-m", "otelbridge"]
@@ -67,15 +70,19 @@ class Daemon:
         *,
         config: Path | None = None,
         log_dir: Path | None = None,
+        extra_args: tuple[str, ...] = (),
+        extra_env: dict[str, str] | None = None,
     ) -> None:
         self.args = ["run", "-v", "--address", address, "--namespace", namespace]
         self.args += ["--state-dir", str(state_dir), "--http-addr", "127.0.0.1:0"]
         if config is not None:
             self.args += ["--config", str(config)]
+        self.args += list(extra_args)
         self.env = {
             **os.environ,
             "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
             "OTEL_BSP_SCHEDULE_DELAY": "100",
+            **(extra_env or {}),
         }
         self.log_dir = log_dir or state_dir.parent
         self.runs = 0
@@ -96,6 +103,20 @@ class Daemon:
         m = re.search(r"status API on (http://\S+/)", self.log())
         assert m, self.log()[-2000:]
         return m.group(1)
+
+    def get(self, path: str) -> tuple[int, str]:
+        """(status, body) of a GET of the status API."""
+        try:
+            with urllib.request.urlopen(self.status_url() + path.lstrip("/"), timeout=5) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+
+    def counters(self) -> dict[str, int]:
+        """The running daemon's counters (/v1/counters)."""
+        _, body = self.get("/v1/counters")
+        counters: dict[str, int] = json.loads(body)
+        return counters
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")

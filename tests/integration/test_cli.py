@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import uuid
 from pathlib import Path
@@ -133,19 +134,114 @@ def test_a_replayed_recording_gives_the_live_spans_exactly(
     assert {key(s.span) for s in live_spans} <= replayed
 
 
-def test_replay_of_garbage_reports_it_and_succeeds(tmp_path: Path) -> None:
-    bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"format":"otelbridge-recording","version":1}\nnot json\n{"ts": "x"}\n')
-    result = subprocess.run(
-        [*OTELBRIDGE, "replay", "--exporter", "none", str(bad)],
+def otelbridge(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*OTELBRIDGE, *args],
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
+        env={**os.environ, **(env or {})},
     )
+
+
+def test_replay_of_a_recording_with_bad_lines_reports_them_and_succeeds(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"format":"otelbridge-recording","version":1}\nnot json\n{"ts": "x"}\n')
+    result = otelbridge("replay", "--exporter", "none", str(bad))
     assert result.returncode == 0
-    assert "otelbridge.events.malformed': 2" in result.stderr
+    assert "otelbridge.events.malformed=2" in result.stderr
     assert "line 2" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("content", "says"),
+    [
+        ("this is\nnot a recording\n", "not an otelbridge recording or `ctr events` output"),
+        ('{"format": "otelbridge-recording", "version": 9}\n', "recording version 9"),
+        ('{"format": "other", "version": 1}\n', "unknown format"),
+        ("", "holds no events"),
+    ],
+)
+def test_replay_of_what_is_no_recording_says_so_and_exits_1(
+    tmp_path: Path, content: str, says: str
+) -> None:
+    """Defects 7 and 13: these exited 0 (an unknown version was accepted silently)."""
+    path = tmp_path / "input"
+    path.write_text(content)
+    result = otelbridge("replay", "--exporter", "none", str(path))
+    assert result.returncode == 1, result.stderr
+    assert says in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_replay_whose_spans_cannot_be_delivered_exits_1(tmp_path: Path) -> None:
+    """Defect 7: it printed "of note: {'otelbridge.spans.dropped': 548}" and exited 0."""
+    from otelbridge.source.recording import envelope_line, header_line  # noqa: PLC0415
+    from otelbridge.testing.events import Timeline  # noqa: PLC0415
+
+    path = tmp_path / "rec.jsonl"
+    lines = [header_line(), *(envelope_line(e) for e in Timeline().run_container("c1"))]
+    path.write_text("\n".join(lines) + "\n")
+    # a collector that answers nothing: every attempt fails until the replay gives up
+    result = otelbridge(
+        "replay",
+        str(path),
+        env={
+            "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9",
+            "OTEL_EXPORTER_OTLP_TIMEOUT": "200",
+        },
+    )
+    assert result.returncode == 1, result.stderr
+    assert "could not be delivered" in result.stderr
+
+
+def test_record_that_never_connects_exits_1(tmp_path: Path) -> None:
+    """Defect 7: it exited 0 with an empty recording."""
+    result = otelbridge(
+        "record",
+        "--address",
+        str(tmp_path / "no.sock"),
+        "-o",
+        str(tmp_path / "out.jsonl"),
+        "--duration",
+        "2",
+    )
+    assert result.returncode == 1, result.stderr
+    assert "never connected to containerd" in result.stderr
+
+
+def test_a_state_dir_that_cannot_be_opened_says_permission_denied_and_names_the_flag(
+    tmp_path: Path,
+) -> None:
+    """Defect 6: it said neither what was wrong nor which setting to change."""
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o700)  # root's: user nobody may not enter it
+    tmp_path.chmod(0o755)
+    result = subprocess.run(
+        [
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            *OTELBRIDGE,
+            "run",
+            "--state-dir",
+            str(locked / "state"),
+            "--http-addr",
+            "",
+            "--address",
+            str(tmp_path / "no.sock"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, "OTEL_TRACES_EXPORTER": "none", "OTEL_METRICS_EXPORTER": "none"},
+    )
+    assert result.returncode == 1, result.stderr
+    assert "ermission denied" in result.stderr and "--state-dir" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_bad_config_lists_every_problem_and_exits_2(tmp_path: Path) -> None:
