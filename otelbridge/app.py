@@ -104,6 +104,7 @@ def containerd_client(config: Config, counters: Counters | None = None) -> Conta
         config.source.address,
         timeout_s=config.source.connect_timeout_s,
         env_keys=tuple(name for pair in config.enrich.env_keys for name in pair),
+        counters=counters,
     )
 
 
@@ -162,12 +163,11 @@ class Bridge:
     def readiness(self) -> list[str]:
         """Why the bridge is not doing its job fully now (for /readyz); empty when it is."""
         problems = []
-        if not self.pipeline.connected.is_set():
-            reason = self.source.problem
-            problems.append(
-                f"not subscribed to containerd at {self.client.address} yet"
-                + (f": {reason}" if reason else "")
-            )
+        reason = self.source.problem
+        if reason is not None:
+            problems.append(f"not following containerd at {self.client.address}: {reason}")
+        elif not self.pipeline.connected.is_set():
+            problems.append(f"not subscribed to containerd at {self.client.address} yet")
         if self.store is not None:
             problems.extend(self.store.problems())
         problems.extend(self.delivery.problems())

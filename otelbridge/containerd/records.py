@@ -15,14 +15,23 @@ containerd 1.6 (docs/kubernetes.md):
   ``Metadata.Config.annotations``, and ``io.cri-containerd.container.metadata`` with the
   container's attempt at ``Metadata.Config.metadata.attempt`` (absent when 0) and its own
   CRI annotations at ``Metadata.Config.annotations``.
+
+containerd stores whatever bytes a client gives it, so a record may hold a label that is
+not UTF-8, which protobuf refuses to decode as a ``string``. :func:`parse_container`
+reads such a record leniently instead of losing it: one tenant's odd label must not hide
+the container, let alone the whole listing.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
+from google.protobuf.message import DecodeError
+
+from otelbridge.containerd._gen import otelbridge_api_pb2 as api
 from otelbridge.core.model import EMPTY_MAP, ContainerInfo, CriInfo, TaskInfo, TaskState
 from otelbridge.core.tracecontext import ENV_TRACEPARENT, ENV_TRACESTATE
 
@@ -170,3 +179,103 @@ def task_info(namespace: str, p: Any) -> TaskInfo:
         exit_status=p.exit_status,
         exited_at_ns=timestamp_ns(p.exited_at),
     )
+
+
+@dataclass(frozen=True)
+class ParsedContainer:
+    """What :func:`parse_container` made of one serialized ``Container``."""
+
+    container: api.Container | None
+    """The record, or ``None`` when it cannot be read at all."""
+
+    id: str
+    """The container id as far as it could be read ("" when not at all)."""
+
+    problem: str = ""
+    """Empty for a clean record; else what was wrong with it, for the log."""
+
+
+# how many offending label keys a problem names (a record may have thousands)
+_NAMED_LABELS = 3
+
+
+def _text(raw: bytes) -> str:
+    """Bytes as text; bytes that are not UTF-8 become ``\\xNN`` escapes (readable in a
+    log and an attribute, and distinguishable from a valid character)."""
+    return raw.decode("utf-8", "backslashreplace")
+
+
+def _bad(raw: bytes) -> bool:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return True
+    return False
+
+
+def parse_container(raw: bytes) -> ParsedContainer:
+    """Parses one serialized ``Container`` message; never raises.
+
+    A record protobuf decodes is returned as it is. One it refuses (invalid UTF-8 in a
+    string field) is parsed again with :class:`LenientContainer` (every string as bytes)
+    and rebuilt as a ``Container`` whose invalid bytes are ``\\xNN`` escapes, with
+    ``problem`` naming the fields. A record even that cannot parse (truncated, not a
+    Container) gives ``container=None``."""
+    try:
+        strict = api.Container.FromString(raw)
+    except DecodeError as exc:
+        strict_error = str(exc) or type(exc).__name__
+    else:
+        return ParsedContainer(strict, strict.id)
+    try:
+        lenient = api.LenientContainer.FromString(raw)
+    except DecodeError as exc:
+        return ParsedContainer(None, "", f"cannot be decoded: {exc or type(exc).__name__}")
+    container, fields = _rebuild(lenient)
+    if fields:
+        problem = "invalid UTF-8 in " + ", ".join(fields) + ": read leniently, bytes escaped"
+    else:  # nothing we read is wrong: a field we skip leniently (runtime options)
+        problem = f"{strict_error}: read leniently, unread fields dropped"
+    return ParsedContainer(container, container.id, problem)
+
+
+def _rebuild(lenient: Any) -> tuple[api.Container, list[str]]:
+    """A ``Container`` from a :class:`LenientContainer`, and the fields that held
+    invalid UTF-8."""
+    fields: list[str] = []
+    c = api.Container()
+    for name in ("id", "image", "snapshotter", "snapshot_key", "sandbox"):
+        value = getattr(lenient, name)
+        if _bad(value):
+            fields.append(name)
+        setattr(c, name, _text(value))
+    bad_labels = []
+    for entry in lenient.labels:
+        if _bad(entry.key) or _bad(entry.value):
+            bad_labels.append(_text(entry.key))
+        c.labels[_text(entry.key)] = _text(entry.value)
+    if bad_labels:
+        named = ", ".join(repr(k) for k in bad_labels[:_NAMED_LABELS])
+        more = len(bad_labels) - _NAMED_LABELS
+        fields.append(f"label {named}" + (f" and {more} more" if more > 0 else ""))
+    if lenient.HasField("runtime"):
+        if _bad(lenient.runtime.name):
+            fields.append("runtime")
+        c.runtime.name = _text(lenient.runtime.name)
+    if lenient.HasField("spec"):
+        if _bad(lenient.spec.type_url):
+            fields.append("spec")
+        c.spec.type_url = _text(lenient.spec.type_url)
+        c.spec.value = lenient.spec.value  # JSON, read by spec_fields with its own checks
+    for stamp in ("created_at", "updated_at"):
+        if lenient.HasField(stamp):
+            getattr(c, stamp).CopyFrom(getattr(lenient, stamp))
+    bad_extensions = False
+    for ext in lenient.extensions:
+        bad_extensions |= _bad(ext.key) or _bad(ext.value.type_url)
+        target = c.extensions[_text(ext.key)]
+        target.type_url = _text(ext.value.type_url)
+        target.value = ext.value.value
+    if bad_extensions:
+        fields.append("extensions")
+    return c, fields

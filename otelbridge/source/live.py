@@ -3,18 +3,30 @@
 containerd keeps events in memory only and replays nothing to a subscriber that was
 away, so every session goes:
 
-1. subscribe (optionally filtered to namespaces);
+1. ask containerd its version (proves the socket is containerd's), then subscribe
+   (optionally filtered to namespaces);
 2. wait ``subscribe_settle_s`` so the subscription is registered at containerd;
 3. list namespaces, containers and tasks, and hand the listing on as a
    :class:`~otelbridge.core.model.ReconcileSnapshot` *before* any streamed event, so the
    correlator can report containers that started while nobody listened (partial);
 4. pass envelopes on until the stream ends.
 
-When containerd goes away (the stream fails with UNAVAILABLE, the socket is missing),
-the source re-subscribes with capped exponential backoff (tenacity), logging each
-failure and counting each reconnect. The horizon of the next listing is the newest
-envelope seen, so only containers created after it are reported; a bridge restarted from
-a checkpoint resumes from the newest event it had committed (:meth:`LiveSource.resume_from`).
+A failed connection attempt is diagnosed (:mod:`otelbridge.containerd.diagnose`):
+
+* what waiting can heal (the socket is missing or refuses connections: containerd is
+  starting or restarting) is said once as a WARNING, then retried quietly (DEBUG per
+  attempt, a reminder at most once a minute) with the project's
+  :class:`~otelbridge.core.backoff.Backoff`, each failed attempt counted
+  (``otelbridge.source.connect_failures``);
+* what it cannot (permission denied, not a socket, not containerd) ends :meth:`LiveSource.run`
+  with :class:`~otelbridge.core.errors.ContainerdMisconfigured`, whose one-line message
+  says what to do.
+
+:attr:`LiveSource.problem` holds the current problem for ``/readyz``. An established
+session that ends is counted (``otelbridge.source.reconnects``) and followed by a fresh
+backoff. The horizon of the next listing is the newest envelope seen, so only containers
+created after it are reported; a bridge restarted from a checkpoint resumes from the
+newest event it had committed (:meth:`LiveSource.resume_from`).
 
 While a session runs, containerd is listed again every ``relist_interval_s``, a safety
 net for events lost on the way (a full queue, a shim that gave up forwarding): a
@@ -26,20 +38,20 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from typing import Protocol
 
-from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_exponential
-
-from otelbridge.containerd.client import ContainerdClient, Subscription
+from otelbridge.containerd.diagnose import Diagnosis, diagnose
 from otelbridge.core import semconv
+from otelbridge.core.backoff import Backoff
 from otelbridge.core.clock import Clock, SystemClock
 from otelbridge.core.config import SourceConfig
 from otelbridge.core.counters import Counters
-from otelbridge.core.errors import ContainerdError
+from otelbridge.core.errors import ContainerdError, ContainerdMisconfigured, MethodNotAllowed
 from otelbridge.core.model import (
     ContainerInfo,
     ContainerKey,
+    RawEnvelope,
     ReconcileSnapshot,
     SourceItem,
     TaskInfo,
@@ -49,10 +61,28 @@ _log = logging.getLogger(__name__)
 _NS = 1_000_000_000
 # a relist leaves out containers this recent: their events may still be on their way
 _RELIST_SETTLE_NS = 5 * _NS
+# while a healable problem lasts, it is recalled this often (each attempt is DEBUG)
+_REMINDER_NS = 60 * _NS
 
 
-class _StopError(Exception):
-    """The stop event was set: leave the retry loop."""
+class EventStream(Protocol):
+    """An event stream (:class:`otelbridge.containerd.client.Subscription`)."""
+
+    def cancel(self) -> None: ...
+    def __iter__(self) -> Iterator[RawEnvelope]: ...
+
+
+class ContainerdAPI(Protocol):
+    """What the source needs of a containerd client
+    (:class:`otelbridge.containerd.client.ContainerdClient`); tests pass fakes."""
+
+    @property
+    def address(self) -> str: ...
+    def version(self, timeout_s: float | None = None) -> str: ...
+    def subscribe(self, filters: Sequence[str] = ()) -> EventStream: ...
+    def list_namespaces(self) -> list[str]: ...
+    def list_containers(self, namespace: str) -> list[ContainerInfo]: ...
+    def list_tasks(self, namespace: str) -> list[TaskInfo]: ...
 
 
 class LiveSource:
@@ -60,19 +90,38 @@ class LiveSource:
 
     def __init__(
         self,
-        client: ContainerdClient,
+        client: ContainerdAPI,
         config: SourceConfig,
         counters: Counters,
         clock: Clock | None = None,
+        *,
+        backoff: Backoff | None = None,
     ) -> None:
+        """``backoff``: the delays between failed connection attempts (default: from
+        ``reconnect_initial_s`` up to ``reconnect_max_s``)."""
         self._client = client
         self._cfg = config
         self._counters = counters
         self._clock = clock or SystemClock()
+        self._backoff = backoff or Backoff(
+            initial_s=config.reconnect_initial_s, max_s=config.reconnect_max_s
+        )
         self._horizon_ns: int | None = None
         self._sessions = 0
         self._lock = threading.Lock()
-        self._current: Subscription | None = None
+        self._current: EventStream | None = None
+        self._problem: str | None = None
+        # the problem last said at WARNING, and when: a lasting one is not repeated
+        self._said: str | None = None
+        self._said_at_ns = 0
+        self._failures_since_said = 0
+
+    @property
+    def problem(self) -> str | None:
+        """Why the source is not following containerd right now (one line, for
+        ``/readyz``); ``None`` while subscribed and listed, and before the first attempt
+        has failed. Readable from any thread."""
+        return self._problem
 
     def resume_from(self, horizon_ns: int | None) -> None:
         """Starts from a checkpoint: the first listing reports containers created after
@@ -85,44 +134,62 @@ class LiveSource:
         return [f"namespace=={ns}" for ns in self._cfg.namespaces]
 
     def run(self, sink: Callable[[SourceItem], None], stop: threading.Event) -> None:
-        """Streams into ``sink`` until ``stop`` is set; containerd failures are retried."""
+        """Streams into ``sink`` until ``stop`` is set; what can heal is retried (see the
+        module docstring). Raises :class:`ContainerdMisconfigured` when containerd cannot
+        be used at this address and waiting will not change that; sleeps only on
+        ``stop`` (``stop.wait``), so setting it ends every wait at once."""
         watcher = threading.Thread(
             target=self._cancel_when, args=(stop,), name="otelbridge-source-stop", daemon=True
         )
         watcher.start()
-
-        def sleep(seconds: float) -> None:
-            if stop.wait(seconds):
-                raise _StopError
-
-        def log_retry(state: RetryCallState) -> None:
-            exc = state.outcome.exception() if state.outcome else None
-            delay = state.next_action.sleep if state.next_action else 0.0
-            _log.warning(
-                "containerd at %s: %s; retrying in %.1fs", self._client.address, exc, delay
-            )
-
+        failures = 0
         while not stop.is_set():
-            retrying = Retrying(
-                retry=retry_if_exception_type(ContainerdError),
-                wait=wait_exponential(
-                    multiplier=self._cfg.reconnect_initial_s,
-                    min=self._cfg.reconnect_initial_s,
-                    max=self._cfg.reconnect_max_s,
-                ),
-                sleep=sleep,
-                before_sleep=log_retry,
-                reraise=True,
-            )
             try:
-                # a call returns once an established session has ended, so each new
-                # session starts with a fresh backoff
-                retrying(self._session, sink, stop)
-            except _StopError:
+                established = self._session(sink, stop)
+            except MethodNotAllowed:
+                raise  # the allow-list refused one of our own calls: a bug, not containerd
+            except ContainerdError as exc:
+                if stop.is_set():
+                    return
+                failures += 1
+                self._counters.inc(semconv.SOURCE_CONNECT_FAILURES)
+                found = diagnose(self._client.address, exc, connected_before=self._sessions > 0)
+                self._problem = found.message
+                if not found.can_heal:
+                    raise ContainerdMisconfigured(found.message) from exc
+                self._say(found, exc, failures)
+                if stop.wait(self._backoff.delay(failures)):
+                    return
+                continue
+            if stop.is_set() or not established:
                 return
+            # an established session ended: a fresh backoff for the next one
+            failures = 0
             self._counters.inc(semconv.SOURCE_RECONNECTS)
             if stop.wait(self._cfg.reconnect_initial_s):
                 return
+
+    def _say(self, found: Diagnosis, exc: ContainerdError, failures: int) -> None:
+        """Logs a healable problem: once at WARNING, then DEBUG per attempt and a
+        WARNING reminder at most every minute."""
+        now = self._clock.now_ns()
+        if found.kind != self._said:
+            self._said = found.kind
+            self._said_at_ns = now
+            self._failures_since_said = 0
+            _log.warning("%s", found.message)
+            return
+        self._failures_since_said += 1
+        _log.debug("connection attempt %d to containerd failed: %s", failures, exc)
+        if now - self._said_at_ns >= _REMINDER_NS:
+            _log.warning(
+                "still waiting for containerd (%d failed attempts in %.0fs): %s",
+                self._failures_since_said,
+                (now - self._said_at_ns) / _NS,
+                found.message,
+            )
+            self._said_at_ns = now
+            self._failures_since_said = 0
 
     def _cancel_when(self, stop: threading.Event) -> None:
         stop.wait()
@@ -131,22 +198,28 @@ class LiveSource:
         if current is not None:
             current.cancel()
 
-    def _session(self, sink: Callable[[SourceItem], None], stop: threading.Event) -> None:
+    def _session(self, sink: Callable[[SourceItem], None], stop: threading.Event) -> bool:
+        """One session. Raises :class:`ContainerdError` when connecting (version,
+        subscription, listing) fails; returns whether it was established, once its
+        stream has ended or ``stop`` is set."""
+        version = self._client.version()
         subscription = self._client.subscribe(self.filters())
         with self._lock:
             self._current = subscription
-        established = False
         ended = threading.Event()
         try:
+            # the watcher cancels only a subscription it saw: check after publishing it
             if stop.is_set():
-                raise _StopError
-            if self._cfg.subscribe_settle_s:
-                time.sleep(self._cfg.subscribe_settle_s)
+                return False
+            if self._cfg.subscribe_settle_s and stop.wait(self._cfg.subscribe_settle_s):
+                return False
             snapshot = self._snapshot("reconnect" if self._sessions else "connect")
             self._sessions += 1
-            established = True
+            self._said = None  # the next outage is said anew
+            self._problem = None
             _log.info(
-                "subscribed to containerd at %s (%s, %d containers listed)",
+                "subscribed to containerd %s at %s (%s, %d containers listed)",
+                version,
                 self._client.address,
                 snapshot.reason,
                 len(snapshot.containers),
@@ -159,23 +232,21 @@ class LiveSource:
                     name="otelbridge-relist",
                     daemon=True,
                 ).start()
-            for envelope in subscription:
-                if self._horizon_ns is None or envelope.timestamp_ns > self._horizon_ns:
-                    self._horizon_ns = envelope.timestamp_ns
-                sink(envelope)
-        except ContainerdError as exc:
-            if stop.is_set():
-                raise _StopError from exc
-            if not established:
-                raise  # connecting failed: tenacity backs off and tries again
-            _log.warning("containerd event stream ended: %s", exc)
+            try:
+                for envelope in subscription:
+                    if self._horizon_ns is None or envelope.timestamp_ns > self._horizon_ns:
+                        self._horizon_ns = envelope.timestamp_ns
+                    sink(envelope)
+            except ContainerdError as exc:
+                if not stop.is_set():
+                    self._problem = f"the event stream from containerd ended: {exc}"
+                    _log.warning("containerd event stream ended: %s", exc)
+            return True
         finally:
             ended.set()
             with self._lock:
                 self._current = None
             subscription.cancel()
-        if stop.is_set():
-            raise _StopError
 
     def _relist(
         self, sink: Callable[[SourceItem], None], ended: threading.Event, since_ns: int

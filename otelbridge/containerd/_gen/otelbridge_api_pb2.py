@@ -26,7 +26,7 @@ from google.protobuf import any_pb2 as google_dot_protobuf_dot_any__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14otelbridge_api.proto\x12\x19otelbridge.containerd.api\x1a\x19google/protobuf/any.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"#\n\x10SubscribeRequest\x12\x0f\n\x07\x66ilters\x18\x01 \x03(\t\"\x80\x01\n\x08\x45nvelope\x12-\n\ttimestamp\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\r\n\x05topic\x18\x03 \x01(\t\x12#\n\x05\x65vent\x18\x04 \x01(\x0b\x32\x14.google.protobuf.Any\"\xe9\x04\n\tContainer\x12\n\n\x02id\x18\x01 \x01(\t\x12@\n\x06labels\x18\x02 \x03(\x0b\x32\x30.otelbridge.containerd.api.Container.LabelsEntry\x12\r\n\x05image\x18\x03 \x01(\t\x12=\n\x07runtime\x18\x04 \x01(\x0b\x32,.otelbridge.containerd.api.Container.Runtime\x12\"\n\x04spec\x18\x05 \x01(\x0b\x32\x14.google.protobuf.Any\x12\x13\n\x0bsnapshotter\x18\x06 \x01(\t\x12\x14\n\x0csnapshot_key\x18\x07 \x01(\t\x12.\n\ncreated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12H\n\nextensions\x18\n \x03(\x0b\x32\x34.otelbridge.containerd.api.Container.ExtensionsEntry\x12\x0f\n\x07sandbox\x18\x0b \x01(\t\x1a>\n\x07Runtime\x12\x0c\n\x04name\x18\x01 \x01(\t\x12%\n\x07options\x18\x02 \x01(\x0b\x32\x14.google.protobuf.Any\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1aG\n\x0f\x45xtensionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12#\n\x05value\x18\x02 \x01(\x0b\x32\x14.google.protobuf.Any:\x02\x38\x01\"!\n\x13GetContainerRequest\x12\n\n\x02id\x18\x01 \x01(\t\"O\n\x14GetContainerResponse\x12\x37\n\tcontainer\x18\x01 \x01(\x0b\x32$.otelbridge.containerd.api.Container\"(\n\x15ListContainersRequest\x12\x0f\n\x07\x66ilters\x18\x01 \x03(\t\"R\n\x16ListContainersResponse\x12\x38\n\ncontainers\x18\x01 \x03(\x0b\x32$.otelbridge.containerd.api.Container\"\xb3\x01\n\x07Process\x12\x14\n\x0c\x63ontainer_id\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12\x0b\n\x03pid\x18\x03 \x01(\r\x12\x35\n\x06status\x18\x04 \x01(\x0e\x32%.otelbridge.containerd.api.TaskStatus\x12\x13\n\x0b\x65xit_status\x18\t \x01(\r\x12-\n\texited_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\"\n\x10ListTasksRequest\x12\x0e\n\x06\x66ilter\x18\x01 \x01(\t\"F\n\x11ListTasksResponse\x12\x31\n\x05tasks\x18\x01 \x03(\x0b\x32\".otelbridge.containerd.api.Process\"\x8a\x01\n\tNamespace\x12\x0c\n\x04name\x18\x01 \x01(\t\x12@\n\x06labels\x18\x02 \x03(\x0b\x32\x30.otelbridge.containerd.api.Namespace.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\'\n\x15ListNamespacesRequest\x12\x0e\n\x06\x66ilter\x18\x01 \x01(\t\"R\n\x16ListNamespacesResponse\x12\x38\n\nnamespaces\x18\x01 \x03(\x0b\x32$.otelbridge.containerd.api.Namespace\"4\n\x0fVersionResponse\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x10\n\x08revision\x18\x02 \x01(\t*Y\n\nTaskStatus\x12\x0b\n\x07UNKNOWN\x10\x00\x12\x0b\n\x07\x43REATED\x10\x01\x12\x0b\n\x07RUNNING\x10\x02\x12\x0b\n\x07STOPPED\x10\x03\x12\n\n\x06PAUSED\x10\x04\x12\x0b\n\x07PAUSING\x10\x05\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14otelbridge_api.proto\x12\x19otelbridge.containerd.api\x1a\x19google/protobuf/any.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"#\n\x10SubscribeRequest\x12\x0f\n\x07\x66ilters\x18\x01 \x03(\t\"\x80\x01\n\x08\x45nvelope\x12-\n\ttimestamp\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\r\n\x05topic\x18\x03 \x01(\t\x12#\n\x05\x65vent\x18\x04 \x01(\x0b\x32\x14.google.protobuf.Any\"\xe9\x04\n\tContainer\x12\n\n\x02id\x18\x01 \x01(\t\x12@\n\x06labels\x18\x02 \x03(\x0b\x32\x30.otelbridge.containerd.api.Container.LabelsEntry\x12\r\n\x05image\x18\x03 \x01(\t\x12=\n\x07runtime\x18\x04 \x01(\x0b\x32,.otelbridge.containerd.api.Container.Runtime\x12\"\n\x04spec\x18\x05 \x01(\x0b\x32\x14.google.protobuf.Any\x12\x13\n\x0bsnapshotter\x18\x06 \x01(\t\x12\x14\n\x0csnapshot_key\x18\x07 \x01(\t\x12.\n\ncreated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12H\n\nextensions\x18\n \x03(\x0b\x32\x34.otelbridge.containerd.api.Container.ExtensionsEntry\x12\x0f\n\x07sandbox\x18\x0b \x01(\t\x1a>\n\x07Runtime\x12\x0c\n\x04name\x18\x01 \x01(\t\x12%\n\x07options\x18\x02 \x01(\x0b\x32\x14.google.protobuf.Any\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1aG\n\x0f\x45xtensionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12#\n\x05value\x18\x02 \x01(\x0b\x32\x14.google.protobuf.Any:\x02\x38\x01\"!\n\x13GetContainerRequest\x12\n\n\x02id\x18\x01 \x01(\t\"O\n\x14GetContainerResponse\x12\x37\n\tcontainer\x18\x01 \x01(\x0b\x32$.otelbridge.containerd.api.Container\"(\n\x15ListContainersRequest\x12\x0f\n\x07\x66ilters\x18\x01 \x03(\t\"R\n\x16ListContainersResponse\x12\x38\n\ncontainers\x18\x01 \x03(\x0b\x32$.otelbridge.containerd.api.Container\"O\n\x14ListContainerMessage\x12\x37\n\tcontainer\x18\x01 \x01(\x0b\x32$.otelbridge.containerd.api.Container\"&\n\x10RawContainerList\x12\x12\n\ncontainers\x18\x01 \x03(\x0c\"\'\n\x12RawContainerHolder\x12\x11\n\tcontainer\x18\x01 \x01(\x0c\"\xa5\x05\n\x10LenientContainer\x12\n\n\x02id\x18\x01 \x01(\x0c\x12\x41\n\x06labels\x18\x02 \x03(\x0b\x32\x31.otelbridge.containerd.api.LenientContainer.Label\x12\r\n\x05image\x18\x03 \x01(\x0c\x12\x44\n\x07runtime\x18\x04 \x01(\x0b\x32\x33.otelbridge.containerd.api.LenientContainer.Runtime\x12@\n\x04spec\x18\x05 \x01(\x0b\x32\x32.otelbridge.containerd.api.LenientContainer.RawAny\x12\x13\n\x0bsnapshotter\x18\x06 \x01(\x0c\x12\x14\n\x0csnapshot_key\x18\x07 \x01(\x0c\x12.\n\ncreated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12I\n\nextensions\x18\n \x03(\x0b\x32\x35.otelbridge.containerd.api.LenientContainer.Extension\x12\x0f\n\x07sandbox\x18\x0b \x01(\x0c\x1a\x17\n\x07Runtime\x12\x0c\n\x04name\x18\x01 \x01(\x0c\x1a)\n\x06RawAny\x12\x10\n\x08type_url\x18\x01 \x01(\x0c\x12\r\n\x05value\x18\x02 \x01(\x0c\x1a#\n\x05Label\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\r\n\x05value\x18\x02 \x01(\x0c\x1a[\n\tExtension\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\x41\n\x05value\x18\x02 \x01(\x0b\x32\x32.otelbridge.containerd.api.LenientContainer.RawAny\"\xb3\x01\n\x07Process\x12\x14\n\x0c\x63ontainer_id\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12\x0b\n\x03pid\x18\x03 \x01(\r\x12\x35\n\x06status\x18\x04 \x01(\x0e\x32%.otelbridge.containerd.api.TaskStatus\x12\x13\n\x0b\x65xit_status\x18\t \x01(\r\x12-\n\texited_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\"\n\x10ListTasksRequest\x12\x0e\n\x06\x66ilter\x18\x01 \x01(\t\"F\n\x11ListTasksResponse\x12\x31\n\x05tasks\x18\x01 \x03(\x0b\x32\".otelbridge.containerd.api.Process\"\x8a\x01\n\tNamespace\x12\x0c\n\x04name\x18\x01 \x01(\t\x12@\n\x06labels\x18\x02 \x03(\x0b\x32\x30.otelbridge.containerd.api.Namespace.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\'\n\x15ListNamespacesRequest\x12\x0e\n\x06\x66ilter\x18\x01 \x01(\t\"R\n\x16ListNamespacesResponse\x12\x38\n\nnamespaces\x18\x01 \x03(\x0b\x32$.otelbridge.containerd.api.Namespace\"4\n\x0fVersionResponse\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x10\n\x08revision\x18\x02 \x01(\t*Y\n\nTaskStatus\x12\x0b\n\x07UNKNOWN\x10\x00\x12\x0b\n\x07\x43REATED\x10\x01\x12\x0b\n\x07RUNNING\x10\x02\x12\x0b\n\x07STOPPED\x10\x03\x12\n\n\x06PAUSED\x10\x04\x12\x0b\n\x07PAUSING\x10\x05\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,8 +39,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CONTAINER_EXTENSIONSENTRY']._serialized_options = b'8\001'
   _globals['_NAMESPACE_LABELSENTRY']._loaded_options = None
   _globals['_NAMESPACE_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_TASKSTATUS']._serialized_start=1751
-  _globals['_TASKSTATUS']._serialized_end=1840
+  _globals['_TASKSTATUS']._serialized_start=2593
+  _globals['_TASKSTATUS']._serialized_end=2682
   _globals['_SUBSCRIBEREQUEST']._serialized_start=111
   _globals['_SUBSCRIBEREQUEST']._serialized_end=146
   _globals['_ENVELOPE']._serialized_start=149
@@ -61,20 +61,36 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTCONTAINERSREQUEST']._serialized_end=1055
   _globals['_LISTCONTAINERSRESPONSE']._serialized_start=1057
   _globals['_LISTCONTAINERSRESPONSE']._serialized_end=1139
-  _globals['_PROCESS']._serialized_start=1142
-  _globals['_PROCESS']._serialized_end=1321
-  _globals['_LISTTASKSREQUEST']._serialized_start=1323
-  _globals['_LISTTASKSREQUEST']._serialized_end=1357
-  _globals['_LISTTASKSRESPONSE']._serialized_start=1359
-  _globals['_LISTTASKSRESPONSE']._serialized_end=1429
-  _globals['_NAMESPACE']._serialized_start=1432
-  _globals['_NAMESPACE']._serialized_end=1570
+  _globals['_LISTCONTAINERMESSAGE']._serialized_start=1141
+  _globals['_LISTCONTAINERMESSAGE']._serialized_end=1220
+  _globals['_RAWCONTAINERLIST']._serialized_start=1222
+  _globals['_RAWCONTAINERLIST']._serialized_end=1260
+  _globals['_RAWCONTAINERHOLDER']._serialized_start=1262
+  _globals['_RAWCONTAINERHOLDER']._serialized_end=1301
+  _globals['_LENIENTCONTAINER']._serialized_start=1304
+  _globals['_LENIENTCONTAINER']._serialized_end=1981
+  _globals['_LENIENTCONTAINER_RUNTIME']._serialized_start=1785
+  _globals['_LENIENTCONTAINER_RUNTIME']._serialized_end=1808
+  _globals['_LENIENTCONTAINER_RAWANY']._serialized_start=1810
+  _globals['_LENIENTCONTAINER_RAWANY']._serialized_end=1851
+  _globals['_LENIENTCONTAINER_LABEL']._serialized_start=1853
+  _globals['_LENIENTCONTAINER_LABEL']._serialized_end=1888
+  _globals['_LENIENTCONTAINER_EXTENSION']._serialized_start=1890
+  _globals['_LENIENTCONTAINER_EXTENSION']._serialized_end=1981
+  _globals['_PROCESS']._serialized_start=1984
+  _globals['_PROCESS']._serialized_end=2163
+  _globals['_LISTTASKSREQUEST']._serialized_start=2165
+  _globals['_LISTTASKSREQUEST']._serialized_end=2199
+  _globals['_LISTTASKSRESPONSE']._serialized_start=2201
+  _globals['_LISTTASKSRESPONSE']._serialized_end=2271
+  _globals['_NAMESPACE']._serialized_start=2274
+  _globals['_NAMESPACE']._serialized_end=2412
   _globals['_NAMESPACE_LABELSENTRY']._serialized_start=779
   _globals['_NAMESPACE_LABELSENTRY']._serialized_end=824
-  _globals['_LISTNAMESPACESREQUEST']._serialized_start=1572
-  _globals['_LISTNAMESPACESREQUEST']._serialized_end=1611
-  _globals['_LISTNAMESPACESRESPONSE']._serialized_start=1613
-  _globals['_LISTNAMESPACESRESPONSE']._serialized_end=1695
-  _globals['_VERSIONRESPONSE']._serialized_start=1697
-  _globals['_VERSIONRESPONSE']._serialized_end=1749
+  _globals['_LISTNAMESPACESREQUEST']._serialized_start=2414
+  _globals['_LISTNAMESPACESREQUEST']._serialized_end=2453
+  _globals['_LISTNAMESPACESRESPONSE']._serialized_start=2455
+  _globals['_LISTNAMESPACESRESPONSE']._serialized_end=2537
+  _globals['_VERSIONRESPONSE']._serialized_start=2539
+  _globals['_VERSIONRESPONSE']._serialized_end=2591
 # @@protoc_insertion_point(module_scope)

@@ -115,6 +115,76 @@ class ListContainersResponse(_message.Message):
     containers: _containers.RepeatedCompositeFieldContainer[Container]
     def __init__(self, containers: _Optional[_Iterable[_Union[Container, _Mapping]]] = ...) -> None: ...
 
+class ListContainerMessage(_message.Message):
+    __slots__ = ("container",)
+    CONTAINER_FIELD_NUMBER: _ClassVar[int]
+    container: Container
+    def __init__(self, container: _Optional[_Union[Container, _Mapping]] = ...) -> None: ...
+
+class RawContainerList(_message.Message):
+    __slots__ = ("containers",)
+    CONTAINERS_FIELD_NUMBER: _ClassVar[int]
+    containers: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, containers: _Optional[_Iterable[bytes]] = ...) -> None: ...
+
+class RawContainerHolder(_message.Message):
+    __slots__ = ("container",)
+    CONTAINER_FIELD_NUMBER: _ClassVar[int]
+    container: bytes
+    def __init__(self, container: _Optional[bytes] = ...) -> None: ...
+
+class LenientContainer(_message.Message):
+    __slots__ = ("id", "labels", "image", "runtime", "spec", "snapshotter", "snapshot_key", "created_at", "updated_at", "extensions", "sandbox")
+    class Runtime(_message.Message):
+        __slots__ = ("name",)
+        NAME_FIELD_NUMBER: _ClassVar[int]
+        name: bytes
+        def __init__(self, name: _Optional[bytes] = ...) -> None: ...
+    class RawAny(_message.Message):
+        __slots__ = ("type_url", "value")
+        TYPE_URL_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        type_url: bytes
+        value: bytes
+        def __init__(self, type_url: _Optional[bytes] = ..., value: _Optional[bytes] = ...) -> None: ...
+    class Label(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: bytes
+        value: bytes
+        def __init__(self, key: _Optional[bytes] = ..., value: _Optional[bytes] = ...) -> None: ...
+    class Extension(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: bytes
+        value: LenientContainer.RawAny
+        def __init__(self, key: _Optional[bytes] = ..., value: _Optional[_Union[LenientContainer.RawAny, _Mapping]] = ...) -> None: ...
+    ID_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    RUNTIME_FIELD_NUMBER: _ClassVar[int]
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOTTER_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_KEY_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    EXTENSIONS_FIELD_NUMBER: _ClassVar[int]
+    SANDBOX_FIELD_NUMBER: _ClassVar[int]
+    id: bytes
+    labels: _containers.RepeatedCompositeFieldContainer[LenientContainer.Label]
+    image: bytes
+    runtime: LenientContainer.Runtime
+    spec: LenientContainer.RawAny
+    snapshotter: bytes
+    snapshot_key: bytes
+    created_at: _timestamp_pb2.Timestamp
+    updated_at: _timestamp_pb2.Timestamp
+    extensions: _containers.RepeatedCompositeFieldContainer[LenientContainer.Extension]
+    sandbox: bytes
+    def __init__(self, id: _Optional[bytes] = ..., labels: _Optional[_Iterable[_Union[LenientContainer.Label, _Mapping]]] = ..., image: _Optional[bytes] = ..., runtime: _Optional[_Union[LenientContainer.Runtime, _Mapping]] = ..., spec: _Optional[_Union[LenientContainer.RawAny, _Mapping]] = ..., snapshotter: _Optional[bytes] = ..., snapshot_key: _Optional[bytes] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., extensions: _Optional[_Iterable[_Union[LenientContainer.Extension, _Mapping]]] = ..., sandbox: _Optional[bytes] = ...) -> None: ...
+
 class Process(_message.Message):
     __slots__ = ("container_id", "id", "pid", "status", "exit_status", "exited_at")
     CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]

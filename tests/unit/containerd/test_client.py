@@ -6,9 +6,16 @@ import grpc
 import pytest
 
 from otelbridge.containerd import client
-from otelbridge.containerd.client import ALLOWED_METHODS, ContainerdClient, grpc_target, translate
+from otelbridge.containerd.client import (
+    ALLOWED_METHODS,
+    ContainerdClient,
+    grpc_target,
+    socket_path,
+    translate,
+)
 from otelbridge.core.errors import (
     ContainerdError,
+    ContainerdMisconfigured,
     ContainerdUnavailable,
     MethodNotAllowed,
     NotFound,
@@ -48,8 +55,13 @@ def test_streaming_methods_are_checked_too() -> None:
 
 def test_the_allow_list_holds_only_read_methods() -> None:
     verbs = {m.rsplit("/", 1)[1] for m in ALLOWED_METHODS}
-    assert verbs <= {"Subscribe", "Get", "List", "Version"}
-    assert {client.M_SUBSCRIBE, client.M_CONTAINER_GET, client.M_TASK_LIST} <= ALLOWED_METHODS
+    assert verbs <= {"Subscribe", "Get", "List", "ListStream", "Version"}
+    assert {
+        client.M_SUBSCRIBE,
+        client.M_CONTAINER_GET,
+        client.M_CONTAINER_LIST_STREAM,
+        client.M_TASK_LIST,
+    } <= ALLOWED_METHODS
 
 
 def test_an_allowed_call_to_a_missing_socket_is_unavailable() -> None:
@@ -80,6 +92,8 @@ class FakeRpcError(grpc.RpcError):
         (grpc.StatusCode.UNAVAILABLE, ContainerdUnavailable),
         (grpc.StatusCode.DEADLINE_EXCEEDED, ContainerdUnavailable),
         (grpc.StatusCode.PERMISSION_DENIED, ContainerdError),
+        # the socket answers gRPC, but not containerd's methods: waiting cannot heal that
+        (grpc.StatusCode.UNIMPLEMENTED, ContainerdMisconfigured),
     ],
 )
 def test_grpc_errors_are_translated(code: grpc.StatusCode, expected: type[Exception]) -> None:
@@ -93,3 +107,18 @@ def test_addresses_follow_ctr() -> None:
         grpc_target("/run/containerd/containerd.sock") == "unix:///run/containerd/containerd.sock"
     )
     assert grpc_target("unix:///x.sock") == "unix:///x.sock"
+
+
+@pytest.mark.parametrize(
+    ("address", "path"),
+    [
+        ("/run/containerd/containerd.sock", "/run/containerd/containerd.sock"),
+        ("unix:///run/containerd/containerd.sock", "/run/containerd/containerd.sock"),
+        ("unix:relative.sock", "relative.sock"),
+        ("unix-abstract:containerd", None),
+        ("dns:///containerd.example:10010", None),
+        ("", None),
+    ],
+)
+def test_the_socket_path_of_an_address(address: str, path: str | None) -> None:
+    assert socket_path(address) == path
