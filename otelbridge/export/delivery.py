@@ -224,8 +224,8 @@ class Delivery:
         self._closed = False
         self._started = False
         self._lanes = [
-            _Lane(self, exporter, f"{i}:{exporter_name(exporter)}")
-            for i, exporter in enumerate(exporters)
+            _Lane(self, exporter, name)
+            for exporter, name in zip(exporters, _lane_names(exporters), strict=True)
         ]
         storage.attach([lane.name for lane in self._lanes])
 
@@ -345,6 +345,7 @@ class _Lane:
         self._last_error = ""
         self._fail_log = LogThrottle(_LOG_INTERVAL_S, clock=engine._clock)
         self._drop_log = LogThrottle(_LOG_INTERVAL_S, clock=engine._clock)
+        self._raise_log = LogThrottle(_LOG_INTERVAL_S, clock=engine._clock)
 
     def start(self) -> None:
         self._thread = threading.Thread(
@@ -458,12 +459,12 @@ class _Lane:
         attempt = 0
         while True:
             result, feedback = self._attempt(request, n)
+            if engine._abandon.is_set():
+                return  # shutdown gave up on this lane and counted what it held
             if result is ExportResult.SUCCESS:
                 self._delivered(n, feedback, attempt, first_ns)
                 break
             if result is ExportResult.FAILURE:
-                if engine._abandon.is_set():
-                    return  # the exporter was shut down under this attempt: not refused
                 self._counters.inc(semconv.SPANS_DROPPED, n)
                 self._recovered()
                 self._log_drop(n, f"refused permanently: {feedback.error or 'no reason given'}")
@@ -484,6 +485,20 @@ class _Lane:
                 self._log_drop(n, f"still failing after {elapsed_s:.1f}s of retries")
                 break
             delay = engine._backoff.delay(attempt, feedback.retry_after_s)
+            if (
+                max_elapsed is not None
+                and elapsed_s + delay > max_elapsed
+                and feedback.retry_after_s
+            ):
+                # the receiver asks for a wait this batch cannot be given: dropped now, as
+                # the Collector's exporter helper does, rather than sent too early
+                self._counters.inc(semconv.SPANS_DROPPED, n)
+                self._log_drop(
+                    n,
+                    f"the receiver asked to wait {feedback.retry_after_s:.1f}s, more than the "
+                    f"{max(max_elapsed - elapsed_s, 0.0):.1f}s of retries left",
+                )
+                break
             for bound in (
                 max_elapsed - elapsed_s if max_elapsed is not None else None,
                 engine.remaining_s(),
@@ -506,7 +521,14 @@ class _Lane:
             feedback = self._reporter.last_feedback() if self._reporter else NO_FEEDBACK
         except Exception as exc:  # its bug: counted, and retried like a temporary failure
             self._counters.inc(semconv.EXPORT_ERRORS)
-            log.exception("exporter %s raised, which it must not", self.exporter_name)
+            times = self._raise_log.ready()
+            if times is not None:
+                log.error(
+                    "exporter %s raised, which it must not (%d times since the last message)",
+                    self.exporter_name,
+                    times,
+                    exc_info=True,
+                )
             return ExportResult.RETRY, ExportFeedback(error=f"the exporter raised {exc!r}")
         return result, feedback
 
@@ -566,6 +588,18 @@ class _Lane:
                 why,
                 f" ({times} such drops since the last message)" if times > 1 else "",
             )
+
+
+def _lane_names(exporters: Sequence[SpanExporter]) -> list[str]:
+    """Each exporter's lane name: its own name (a spool keeps progress under it, so the
+    order of ``OTEL_TRACES_EXPORTER`` does not matter), ``#2``, ``#3`` for a repeat."""
+    seen: dict[str, int] = {}
+    names = []
+    for exporter in exporters:
+        name = exporter_name(exporter)
+        seen[name] = seen.get(name, 0) + 1
+        names.append(name if seen[name] == 1 else f"{name} #{seen[name]}")
+    return names
 
 
 def _spans_of(entries: list[Entry]) -> tuple[list[Span], int]:

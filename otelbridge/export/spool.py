@@ -319,6 +319,8 @@ class StateStore:
                     freed += size
                     if freed >= excess:
                         break
+                if not victims:
+                    return  # every row is being sent: the next commit tries again
                 with db:
                     db.executemany("DELETE FROM spool WHERE id = ?", ((i,) for i in victims))
             except sqlite3.Error as exc:
@@ -340,11 +342,16 @@ class StateStore:
     def attach(self, lanes: Sequence[str]) -> None:
         db = self._db()
         saved = dict(db.execute("SELECT lane, upto FROM cursors"))
-        floor = db.execute("SELECT coalesce(min(id), 0) FROM spool").fetchone()[0]
+        oldest = db.execute("SELECT min(id) FROM spool").fetchone()[0]
         with self._cond:
             for lane in lanes:
-                # a lane new to this spool starts at its oldest row: sent to it, never twice
-                self._cursors[lane] = max(int(saved.get(lane, 0)), int(floor) - 1, 0)
+                if lane in saved:
+                    self._cursors[lane] = int(saved[lane])
+                elif oldest is not None:
+                    # new to this spool: the rows still there are sent to it, once
+                    self._cursors[lane] = int(oldest) - 1
+                else:
+                    self._cursors[lane] = self._newest  # nothing waits: from the next one
 
     def cursor(self, lane: str) -> int:
         with self._cond:
@@ -359,6 +366,10 @@ class StateStore:
             batch: list[Entry] = [(int(i), bytes(d)) for i, d in rows]
             if batch:
                 self._sending[lane] = int(batch[-1][0])
+            else:
+                # nothing after the cursor (the budget may have dropped the newest rows):
+                # the lane is up to date; newer rows are committed under this lock
+                self._cursors[lane] = max(after, self._newest)
             return batch
 
     def advance(self, lane: str, upto: int) -> None:
@@ -368,15 +379,17 @@ class StateStore:
             floor = min(self._cursors.values())
             db = self._db()
             try:
+                # the cursor first, on its own: a delete that fails must not take it back
+                with db:
+                    db.execute(
+                        "INSERT OR REPLACE INTO cursors VALUES (?, ?)", (lane, self._cursors[lane])
+                    )
                 with db:
                     freed, n = db.execute(
                         "SELECT coalesce(sum(length(data)), 0), count(*) FROM spool WHERE id <= ?",
                         (floor,),
                     ).fetchone()
                     db.execute("DELETE FROM spool WHERE id <= ?", (floor,))
-                    db.execute(
-                        "INSERT OR REPLACE INTO cursors VALUES (?, ?)", (lane, self._cursors[lane])
-                    )
             except sqlite3.Error as exc:
                 # the rows stay (deleted by a later advance), the cursor holds in memory:
                 # nothing is sent twice meanwhile
@@ -404,9 +417,27 @@ class StateStore:
         with self._cond:
             wakes = self._wakes
             self._cond.wait_for(
-                lambda: self._wakes != wakes or self._newest - self._cursors[lane] >= count,
-                max(timeout_s, 0.0),
+                lambda: self._wakes != wakes or self._waiting(lane, count), max(timeout_s, 0.0)
             )
+
+    def _waiting(self, lane: str, count: int) -> bool:
+        """Whether ``lane`` has ``count`` rows after its cursor (rows, not ids: the
+        budget leaves holes). Called under the lock."""
+        after = self._cursors[lane]
+        if self._newest - after < count:
+            return False
+        try:
+            row = (
+                self._db()
+                .execute(
+                    "SELECT count(*) FROM (SELECT 1 FROM spool WHERE id > ? LIMIT ?)",
+                    (after, count),
+                )
+                .fetchone()
+            )
+        except sqlite3.Error:
+            return True  # let the lane read and find out
+        return int(row[0]) >= count
 
     def wake(self) -> None:
         with self._cond:
