@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from opentelemetry.proto.common.v1.common_pb2 import InstrumentationScope
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
@@ -46,6 +46,7 @@ from otelbridge.pipeline import MetadataLookup, Pipeline
 from otelbridge.readiness import ReadinessSource
 from otelbridge.readiness.probe import ProbeSource
 from otelbridge.source.live import LiveSource
+from otelbridge.source.recording import Recorder
 
 _log = logging.getLogger(__name__)
 
@@ -150,6 +151,26 @@ class Bridge:
         if self.memory is None:
             raise TypeError("a bridge with a state directory takes spans from its pipeline only")
         self.memory.submit(spans)
+
+    def record_to(
+        self,
+        out: IO[str],
+        *,
+        address: str,
+        max_events: int = 0,
+        on_limit: Callable[[], None] | None = None,
+        on_error: Callable[[OSError], None] | None = None,
+    ) -> Recorder:
+        """Records what this bridge's event thread processes into ``out`` (a recording
+        whose replay gives this run's spans, IDs and verdicts); call before start. The
+        bridge must be built with ``record_verdicts``."""
+        recorder = Recorder(
+            out, self.counters, max_events=max_events, on_limit=on_limit, on_error=on_error
+        )
+        recorder.header(address=address, started_at_ns=time.time_ns())
+        self.pipeline.tap = recorder.item
+        self.pipeline.records.on_read = recorder.record
+        return recorder
 
     def health(self) -> list[str]:
         """Why the bridge is not alive (for /healthz); empty while it is."""

@@ -22,7 +22,7 @@ from otelbridge.core import semconv
 from otelbridge.core.config import Config, load_config
 from otelbridge.core.counters import Counters
 from otelbridge.core.errors import ConfigError, DecodeError, EnvironmentProblem, OtelbridgeError
-from otelbridge.source.recording import Recorder, Recording, bounded_lines, open_items, open_text
+from otelbridge.source.recording import Recording, bounded_lines, open_items, open_text
 from otelbridge.status import DEFAULT_HTTP_ADDR, StatusServer
 
 _log = logging.getLogger("otelbridge")
@@ -82,6 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--state-dir",
         help="where spans waiting for the collector and the checkpoint are kept "
         "(default: $OTELBRIDGE_STATE_DIR or /var/lib/otelbridge; empty: memory only)",
+    )
+    run.add_argument(
+        "--record",
+        metavar="FILE",
+        help="also record what this bridge processes (events, container records, readiness "
+        "verdicts): `otelbridge replay FILE` then gives this run's spans exactly",
     )
 
     rec = sub.add_parser("record", help="record containerd's raw event stream to a file")
@@ -189,7 +195,20 @@ def _wait(stop: threading.Event, failed: threading.Event, duration_s: float = 0.
 
 def cmd_run(args: argparse.Namespace) -> int:
     cfg = _config(args)
-    bridge = build_live_bridge(cfg, exporter=args.exporter, jsonl_path=args.jsonl_path)
+    bridge = build_live_bridge(
+        cfg,
+        exporter=args.exporter,
+        jsonl_path=args.jsonl_path,
+        record_verdicts=bool(args.record),
+    )
+    recording = None
+    if args.record:
+        try:
+            recording = open(args.record, "w", encoding="utf-8")  # noqa: SIM115
+        except OSError as exc:
+            print(f"otelbridge run: cannot write {args.record}: {exc.strerror}", file=sys.stderr)
+            return EXIT_FAILED
+        bridge.record_to(recording, address=cfg.source.address)
     _log.warning(
         "otelbridge %s following containerd at %s (namespaces: %s)",
         __version__,
@@ -225,6 +244,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     bridge.shutdown()
     if status is not None:
         status.shutdown()
+    if recording is not None:
+        recording.close()
     _log.warning("stopped; counters: %s", bridge.counters.nonzero())
     if bridge.pipeline.failed:
         print(f"otelbridge run: {bridge.pipeline.failure}", file=sys.stderr)
@@ -243,17 +264,14 @@ def cmd_record(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     stop = threading.Event()
     bridge = build_live_bridge(cfg, exporter="none", metrics=False, record_verdicts=True)
-    recorder = Recorder(
-        out,
-        bridge.counters,
-        max_events=args.count,
-        on_limit=stop.set,
-        on_error=lambda _: stop.set(),
-    )
     try:
-        recorder.header(address=cfg.source.address, started_at_ns=time.time_ns())
-        bridge.pipeline.tap = recorder.item
-        bridge.pipeline.records.on_read = recorder.record
+        recorder = bridge.record_to(
+            out,
+            address=cfg.source.address,
+            max_events=args.count,
+            on_limit=stop.set,
+            on_error=lambda _: stop.set(),
+        )
         _on_signals(stop)
         bridge.start()
         _wait(stop, bridge.pipeline.stopped, args.duration)

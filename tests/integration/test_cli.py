@@ -73,9 +73,13 @@ def test_a_replayed_recording_gives_the_live_spans_exactly(
             str(tmp_path / "state"),
             "--http-addr",
             "127.0.0.1:0",
+            "--record",
+            str(recording),
         ],
         env={"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint, "OTEL_BSP_SCHEDULE_DELAY": "100"},
     )
+    # and `otelbridge record` beside it: its own recording of the same events
+    beside = tmp_path / "beside.jsonl"
     recorder = start(
         [
             "record",
@@ -85,7 +89,7 @@ def test_a_replayed_recording_gives_the_live_spans_exactly(
             "--namespace",
             namespace.name,
             "--output",
-            str(recording),
+            str(beside),
         ]
     )
     try:
@@ -95,8 +99,19 @@ def test_a_replayed_recording_gives_the_live_spans_exactly(
         for i, cid in enumerate(ids):
             labels = {"traceparent": TRACEPARENT} if i < 2 else {}
             namespace.run(cid, "/bin/sh", "-c", "sleep 0.3", labels=labels)
+        # defect 8: ready by a probe (its own loopback, 0.4 s late): the replay must take
+        # the live verdict, not decide "started" at /tasks/start
+        probed = f"rec-probed-{uuid.uuid4().hex[:6]}"
+        ids.append(probed)
+        namespace.run(
+            probed,
+            "/bin/sh",
+            "-c",
+            "sleep 0.4; httpd -p 127.0.0.1:8080; sleep 1.5",
+            labels={"otelbridge.io/readiness": "tcp://127.0.0.1:8080"},
+        )
         live_spans = receiver.wait_for_spans(
-            lambda s: s.attributes.get(semconv.CONTAINER_ID) in ids, count=15, timeout_s=20
+            lambda s: s.attributes.get(semconv.CONTAINER_ID) in ids, count=20, timeout_s=20
         )
     finally:
         stop(live)
@@ -132,6 +147,38 @@ def test_a_replayed_recording_gives_the_live_spans_exactly(
         for span in ss.spans
     }
     assert {key(s.span) for s in live_spans} <= replayed
+    [probed_startup] = [
+        s
+        for s in live_spans
+        if s.name == semconv.SPAN_CONTAINER_STARTUP and s.attributes[semconv.CONTAINER_ID] == probed
+    ]
+    assert probed_startup.attributes[semconv.OB_READINESS_SOURCE] == "probe"
+
+    # the recording made beside the bridge replays the same startups, with the probe's
+    # verdict (its own probe's moment: not "started" at /tasks/start)
+    again = tmp_path / "again.jsonl"
+    replay = subprocess.run(
+        [*OTELBRIDGE, "replay", "--exporter", "jsonl", "--jsonl-path", str(again), str(beside)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert replay.returncode == 0, replay.stderr
+
+    def attr(span, key: str) -> str:  # type: ignore[no-untyped-def]
+        return next(kv.value.string_value for kv in span.attributes if kv.key == key)
+
+    sources = {
+        attr(span, semconv.CONTAINER_ID): attr(span, semconv.OB_READINESS_SOURCE)
+        for line in again.read_text().splitlines()
+        for rs in from_otlp_json(json.loads(line)).resource_spans
+        for ss in rs.scope_spans
+        for span in ss.spans
+        if span.name == semconv.SPAN_CONTAINER_STARTUP
+    }
+    assert sources[probed] == "probe"
+    assert {sources[cid] for cid in ids if cid != probed} == {"started"}
 
 
 def otelbridge(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
