@@ -7,14 +7,16 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import logging
 import os
 import signal
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from otelbridge import __version__
 from otelbridge.app import build_live_bridge, build_replay
@@ -144,7 +146,28 @@ def build_parser() -> argparse.ArgumentParser:
     sla.add_argument(
         "--json", action="store_true", help="print the verdict JSON (/v1/sla's shape) instead"
     )
+    for name, help_text, module in (
+        ("rollout", "the provisioning span of a rollout: start, end, exec, annotate", "rollout"),
+        (
+            "processor",
+            "the collector-side service: OTLP in, a verdict per rollout out",
+            "processor.command",
+        ),
+        (
+            "gate",
+            "pass (0), halt (1) or insufficient (2) for a rollout, from the processors",
+            "gate",
+        ),
+    ):
+        command = sub.add_parser(name, help=help_text)
+        _command_module(module).configure(command)
     return parser
+
+
+def _command_module(name: str) -> Any:
+    """A command that lives in its own module (imported when the parser is built; the
+    modules import their heavy dependencies lazily)."""
+    return importlib.import_module(f"otelbridge.{name}")
 
 
 def _setup_logging(verbosity: int) -> None:
@@ -416,12 +439,15 @@ def cmd_sla(args: argparse.Namespace) -> int:
     return {"pass": EXIT_OK, "breach": EXIT_FAILED}.get(rep.verdict, EXIT_USAGE)
 
 
-COMMANDS = {
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "run": cmd_run,
     "record": cmd_record,
     "replay": cmd_replay,
     "demo": cmd_demo,
     "sla": cmd_sla,
+    "rollout": lambda args: _command_module("rollout").main(args),
+    "processor": lambda args: _command_module("processor.command").main(args),
+    "gate": lambda args: _command_module("gate").main(args),
 }
 
 

@@ -342,6 +342,68 @@ class StateConfig:
 
 
 @dataclass(frozen=True)
+class GateConfig:
+    """What halts a rollout (``otelbridge processor``, ``otelbridge gate``). The budgets
+    are ``[sla]``'s; these are the rules applied to one rollout's startups."""
+
+    max_failed_ratio: float = 0.0
+    """Startups that failed (outcome exited, timeout or not_ready) over this share of the
+    rollout's startups halt it; 0: a single container that crashes before ready halts."""
+
+    min_startups: int = 5
+    """Fewer startups than this (or than the gate's ``--expect``) give ``insufficient``,
+    never ``pass``."""
+
+    slowest: int = 5
+    """How many of the slowest startups a verdict lists, with their dominant phase."""
+
+    def validate(self) -> list[str]:
+        problems = []
+        if not 0 <= self.max_failed_ratio <= 1:
+            problems.append("gate.max_failed_ratio must be between 0 and 1")
+        if self.min_startups < 1:
+            problems.append("gate.min_startups must be >= 1")
+        if not 0 <= self.slowest <= 100:
+            problems.append("gate.slowest must be between 0 and 100")
+        return problems
+
+
+@dataclass(frozen=True)
+class ProcessorConfig:
+    """The collector-side processor's bounds (``otelbridge processor``)."""
+
+    rollout_ttl_s: float = 86400.0
+    """A rollout no span arrived for this long is forgotten (counted)."""
+
+    max_rollouts: int = 10_000
+    """Rollouts (trace IDs) kept at most; beyond it the one idle longest is evicted and
+    counted."""
+
+    max_startups_per_rollout: int = 100_000
+    """Startups remembered per rollout (duplicates are told apart by span ID); beyond it
+    further startups of that rollout are counted and dropped."""
+
+    max_request_bytes: int = 8 * 1024 * 1024
+    """An OTLP request larger than this, compressed or not, is refused (HTTP 413, gRPC
+    RESOURCE_EXHAUSTED)."""
+
+    pending_ttl_s: float = 600.0
+    """A phase span whose startup's other spans never arrive is forgotten after this."""
+
+    def validate(self) -> list[str]:
+        problems = []
+        for name in ("rollout_ttl_s", "pending_ttl_s"):
+            if getattr(self, name) <= 0:
+                problems.append(f"processor.{name} must be > 0")
+        for name in ("max_rollouts", "max_startups_per_rollout"):
+            if getattr(self, name) < 1:
+                problems.append(f"processor.{name} must be >= 1")
+        if self.max_request_bytes < 1024:
+            problems.append("processor.max_request_bytes must be >= 1024")
+        return problems
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole bridge configuration."""
 
@@ -351,6 +413,8 @@ class Config:
     readiness: ReadinessConfig = field(default_factory=ReadinessConfig)
     sla: SlaConfig = field(default_factory=SlaConfig)
     state: StateConfig = field(default_factory=StateConfig)
+    gate: GateConfig = field(default_factory=GateConfig)
+    processor: ProcessorConfig = field(default_factory=ProcessorConfig)
 
     def validate(self) -> list[str]:
         problems = []
@@ -370,6 +434,8 @@ class Config:
             + self.readiness.validate()
             + self.sla.validate()
             + self.state.validate()
+            + self.gate.validate()
+            + self.processor.validate()
         )
 
     def checked(self) -> Config:
@@ -477,6 +543,8 @@ __all__ = [
     "Config",
     "CorrelateConfig",
     "EnrichConfig",
+    "GateConfig",
+    "ProcessorConfig",
     "ReadinessConfig",
     "SlaConfig",
     "SourceConfig",

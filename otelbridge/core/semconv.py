@@ -55,6 +55,7 @@ CONTAINER_IMAGE_TAGS: Final = "container.image.tags"
 CONTAINER_RUNTIME_NAME: Final = "container.runtime.name"
 PROCESS_PID: Final = "process.pid"
 PROCESS_EXIT_CODE: Final = "process.exit.code"
+PROCESS_COMMAND: Final = "process.command"
 K8S_POD_NAME: Final = "k8s.pod.name"
 K8S_POD_UID: Final = "k8s.pod.uid"
 K8S_NAMESPACE_NAME: Final = "k8s.namespace.name"
@@ -99,6 +100,7 @@ SPAN_ATTRIBUTES: Final = (
     CONTAINER_RUNTIME_NAME,
     PROCESS_PID,
     PROCESS_EXIT_CODE,
+    PROCESS_COMMAND,
     K8S_POD_NAME,
     K8S_POD_UID,
     K8S_NAMESPACE_NAME,
@@ -437,3 +439,82 @@ SLA_VERDICT = MetricDecl(
     "0 pass, 1 breach, 2 insufficient (too few samples)",
 )
 GAUGES: Final = (SLA_COVERAGE, SLA_VERDICT)
+
+
+# -- the collector-side processor (otelbridge processor) ----------------------------------------
+#: Metric attribute: the rollout (trace ID, 32 hex digits) a point is about.
+OB_ROLLOUT_TRACE_ID: Final = "otelbridge.rollout.trace_id"
+
+PROCESSOR_SPANS_RECEIVED = _counter(
+    "otelbridge.processor.spans.received", "spans received over OTLP (gRPC and HTTP)", "{span}"
+)
+PROCESSOR_SPANS_IGNORED = _counter(
+    "otelbridge.processor.spans.ignored",
+    "spans received that are not startup spans (other names, or without a trace)",
+    "{span}",
+)
+PROCESSOR_SPANS_DUPLICATE = _counter(
+    "otelbridge.processor.spans.duplicate",
+    "startup spans received again (same trace and span ID): counted once",
+    "{span}",
+)
+PROCESSOR_STARTUPS = _counter(
+    "otelbridge.processor.startups",
+    "container startups recorded (a container.startup span seen for the first time)",
+    "{startup}",
+)
+PROCESSOR_STARTUPS_DROPPED = _counter(
+    "otelbridge.processor.startups.dropped",
+    "startups not recorded: their rollout holds processor.max_startups_per_rollout already",
+    "{startup}",
+)
+PROCESSOR_PENDING_EXPIRED = _counter(
+    "otelbridge.processor.pending.expired",
+    "phase spans forgotten because their container.startup never arrived (processor.pending_ttl_s)",
+    "{span}",
+)
+PROCESSOR_ROLLOUTS_EVICTED = _counter(
+    "otelbridge.processor.rollouts.evicted",
+    "rollouts forgotten: idle past processor.rollout_ttl_s, or beyond processor.max_rollouts",
+    "{rollout}",
+)
+PROCESSOR_REQUESTS_REFUSED = _counter(
+    "otelbridge.processor.requests.refused",
+    "OTLP and API requests refused: no or a wrong token, too large, malformed",
+    "{request}",
+)
+PROCESSOR_COUNTERS: Final = (
+    PROCESSOR_SPANS_RECEIVED,
+    PROCESSOR_SPANS_IGNORED,
+    PROCESSOR_SPANS_DUPLICATE,
+    PROCESSOR_STARTUPS,
+    PROCESSOR_STARTUPS_DROPPED,
+    PROCESSOR_PENDING_EXPIRED,
+    PROCESSOR_ROLLOUTS_EVICTED,
+    PROCESSOR_REQUESTS_REFUSED,
+)
+
+#: Values of ``otelbridge.rollout.verdict`` (a rollout's gate verdict).
+ROLLOUT_VERDICT_VALUES: Final = {"pass": 0, "halt": 1, "insufficient": 2}
+
+ROLLOUT_VERDICT = MetricDecl(
+    "otelbridge.rollout.verdict",
+    "{verdict}",
+    "gate verdict of a rollout (otelbridge.rollout.trace_id, otelbridge.rollout.name): "
+    "0 pass, 1 halt, 2 insufficient",
+)
+ROLLOUT_P99 = MetricDecl(
+    "otelbridge.rollout.p99",
+    "s",
+    "p99 of a duration (otelbridge.sla.budget) over a rollout's startups, from its sketch",
+)
+ROLLOUT_STARTUPS = MetricDecl(
+    "otelbridge.rollout.startups", "{startup}", "startups recorded for a rollout"
+)
+NAMESPACE_VERDICT = MetricDecl(
+    "otelbridge.namespace.verdict",
+    "{verdict}",
+    "gate verdict over every rollout's startups in a namespace (containerd.namespace): "
+    "0 pass, 1 halt, 2 insufficient",
+)
+PROCESSOR_GAUGES: Final = (ROLLOUT_VERDICT, ROLLOUT_P99, ROLLOUT_STARTUPS, NAMESPACE_VERDICT)

@@ -15,6 +15,8 @@ from otelbridge.core.config import (
     Config,
     CorrelateConfig,
     EnrichConfig,
+    GateConfig,
+    ProcessorConfig,
     ReadinessConfig,
     SlaConfig,
     SourceConfig,
@@ -32,6 +34,8 @@ SECTIONS: dict[str, Any] = {
     "readiness": ReadinessConfig(),
     "sla": SlaConfig(),
     "state": StateConfig(),
+    "gate": GateConfig(),
+    "processor": ProcessorConfig(),
 }
 
 
@@ -134,6 +138,14 @@ EXPECTED = Config(
         commit_interval_s=0.2,
         shutdown_grace_s=3.0,
         export_max_backoff_s=12.0,
+    ),
+    gate=GateConfig(max_failed_ratio=0.1, min_startups=3, slowest=2),
+    processor=ProcessorConfig(
+        rollout_ttl_s=3600.0,
+        max_rollouts=500,
+        max_startups_per_rollout=2000,
+        max_request_bytes=1048576,
+        pending_ttl_s=60.0,
     ),
 )
 

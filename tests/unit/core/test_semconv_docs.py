@@ -24,6 +24,8 @@ def test_every_declared_name_is_documented() -> None:
         | set(semconv.RESOURCE_ATTRIBUTES)
         | set(semconv.SPAN_ATTRIBUTES)
         | {c.name for c in semconv.COUNTERS}
+        | {c.name for c in semconv.PROCESSOR_COUNTERS}
+        | {g.name for g in semconv.PROCESSOR_GAUGES}
     )
     assert declared - documented == set()
 
@@ -35,6 +37,8 @@ def test_every_documented_name_is_declared() -> None:
         | set(semconv.RESOURCE_ATTRIBUTES)
         | set(semconv.SPAN_ATTRIBUTES)
         | {c.name for c in semconv.COUNTERS}
+        | {c.name for c in semconv.PROCESSOR_COUNTERS}
+        | {g.name for g in semconv.PROCESSOR_GAUGES}
         | {o.value for o in Outcome}
         | set(tracecontext.TRACEPARENT_INVALID_REASONS)
         | {"container.label.<key>"}
@@ -43,7 +47,7 @@ def test_every_documented_name_is_declared() -> None:
 
 
 def test_counter_units_match() -> None:
-    for counter in semconv.COUNTERS:
+    for counter in (*semconv.COUNTERS, *semconv.PROCESSOR_COUNTERS, *semconv.PROCESSOR_GAUGES):
         assert f"| `{counter.name}` | `{counter.unit}` |" in DOC, counter.name
 
 

@@ -1,0 +1,1 @@
+"""A bounded HTTP server for the status API and the processor (connections, idle time, routes)."""
