@@ -450,7 +450,8 @@ PROCESSOR_SPANS_RECEIVED = _counter(
 )
 PROCESSOR_SPANS_IGNORED = _counter(
     "otelbridge.processor.spans.ignored",
-    "spans received that are not startup spans (other names, or without a trace)",
+    "spans received that are not startup spans (other names, no trace, malformed IDs or "
+    "times, a second span of one phase)",
     "{span}",
 )
 PROCESSOR_SPANS_DUPLICATE = _counter(
@@ -470,7 +471,8 @@ PROCESSOR_STARTUPS_DROPPED = _counter(
 )
 PROCESSOR_PENDING_EXPIRED = _counter(
     "otelbridge.processor.pending.expired",
-    "phase spans forgotten because their container.startup never arrived (processor.pending_ttl_s)",
+    "phase spans forgotten: their container.startup never arrived (processor.pending_ttl_s), "
+    "or their rollout is full",
     "{span}",
 )
 PROCESSOR_ROLLOUTS_EVICTED = _counter(
@@ -492,6 +494,7 @@ PROCESSOR_COUNTERS: Final = (
     PROCESSOR_PENDING_EXPIRED,
     PROCESSOR_ROLLOUTS_EVICTED,
     PROCESSOR_REQUESTS_REFUSED,
+    STATE_ERRORS,
 )
 
 #: Values of ``otelbridge.rollout.verdict`` (a rollout's gate verdict).
