@@ -1141,7 +1141,9 @@ def test_delivery_resumes_after_a_receiver_outage(transport: str, deliveries: De
         receiver.start()  # ...and comes back on the same port
         receiver.wait_for_spans(7, timeout_s=10)
         assert delivery.force_flush(10)
-        assert sorted(received_names(receiver)) == sorted(f"s{i}" for i in range(7))
+        # at least once: a batch the receiver recorded while stop() cancelled its answer
+        # is sent again (the same spans, same IDs)
+        assert set(received_names(receiver)) == {f"s{i}" for i in range(7)}
     finally:
         delivery.shutdown(5)
         receiver.stop()
