@@ -48,6 +48,8 @@ integration: setup
 
 bench: setup
 	$(BIN)/python benchmarks/replay.py
+	$(BIN)/python benchmarks/memory.py
+	$(BIN)/python benchmarks/processor.py
 
 protos: setup
 	PYTHON=$(BIN)/python scripts/gen-protos

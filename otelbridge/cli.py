@@ -412,6 +412,7 @@ def cmd_sla(args: argparse.Namespace) -> int:
             cfg.sla,
             generated_at_ns=generated_at_ns,
             namespaces=cfg.source.namespaces,
+            rules=cfg,
         )
     else:
         if args.config is not None:

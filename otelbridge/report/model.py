@@ -179,6 +179,22 @@ class NamespaceReport:
 
 
 @dataclass(frozen=True)
+class RolloutReport:
+    """One rollout of a span file (a trace holding startups), judged as the processor
+    judges it: ``verdict`` pass, halt or insufficient, with the reasons. ``document`` is
+    the processor's verdict document as it came."""
+
+    trace_id: str
+    name: str
+    verdict: str
+    startups: int
+    failed: int
+    partial: int
+    reasons: tuple[str, ...] = ()
+    document: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Report:
     """A whole report: where it came from, the contract it judged, every namespace.
 
@@ -199,6 +215,8 @@ class Report:
     first_ns: int | None = None
     last_ns: int | None = None
     spans_read: int = 0
+    rollouts: tuple[RolloutReport, ...] = ()
+    """From a span file: its startups grouped by rollout (the trace that caused them)."""
 
     @property
     def verdict(self) -> str:

@@ -416,6 +416,26 @@ def _namespace(report: Report, ns: NamespaceReport, index: int) -> str:
     return "".join(parts)
 
 
+def _rollouts(report: Report) -> str:
+    """The rollouts of a span file, a row each: name, trace, verdict, counts, reasons."""
+    if not report.rollouts:
+        return ""
+    words = {"pass": "pass", "halt": "breach", "insufficient": "insufficient"}
+    rows = "".join(
+        f"<tr><td>{_e(r.name or '(unnamed)')}</td><td><code>{_e(r.trace_id)}</code></td>"
+        f'<td><span class="pill {_verdict_class(words.get(r.verdict, r.verdict))}">'
+        f"{_e(r.verdict)}</span></td><td>{r.startups}</td><td>{r.failed}</td>"
+        f"<td>{r.partial}</td><td>{'<br>'.join(_e(x) for x in r.reasons)}</td></tr>"
+        for r in report.rollouts
+    )
+    return (
+        '<section class="rollouts"><h2>Rollouts</h2><p>Each rollout (a trace holding '
+        "startups) judged as <code>otelbridge processor</code> judges it.</p>"
+        "<table><tr><th>rollout</th><th>trace</th><th>verdict</th><th>startups</th>"
+        f"<th>failed</th><th>partial</th><th>reasons</th></tr>{rows}</table></section>"
+    )
+
+
 def render_html(report: Report) -> str:
     """The whole page. Draws the charts (imports matplotlib) when the report has
     spans."""
@@ -442,6 +462,7 @@ def render_html(report: Report) -> str:
             "OUT</code>.</p>"
         )
     body.append("</header>")
+    body.append(_rollouts(report))
     body += [_namespace(report, ns, i) for i, ns in enumerate(report.namespaces)]
     body.append(
         f"<footer>otelbridge {_e(__version__)} &middot; <code>otelbridge sla</code> "

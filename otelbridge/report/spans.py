@@ -39,12 +39,13 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 from otelbridge import sla
 from otelbridge.core import semconv
-from otelbridge.core.config import SlaConfig
+from otelbridge.core.config import Config, SlaConfig
 from otelbridge.core.errors import DecodeError
 from otelbridge.core.model import ContainerKey, Outcome, StartupRecord
 from otelbridge.emit.spans import PHASES
 from otelbridge.export.files import read_jsonl
 from otelbridge.report.model import GcFigures, Phase, Report, StartupBars
+from otelbridge.report.rollouts import rollouts_of
 from otelbridge.report.verdicts import ReportError, report_from_json
 
 #: The namespace of spans that carry no ``containerd.namespace``.
@@ -327,19 +328,23 @@ def read_span_file(
     generated_at_ns: int,
     namespaces: Collection[str] = (),
     slowest: int = SLOWEST,
+    rules: Config | None = None,
 ) -> Report:
-    """The report of a jsonl span file (``-``: standard input). Raises
-    :class:`~otelbridge.report.verdicts.ReportError` when it cannot be read or a line
-    does not decode (naming the line)."""
+    """The report of a jsonl span file (``-``: standard input), its startups grouped by
+    namespace and by rollout (judged with ``rules``' ``[gate]``; the defaults, with
+    ``config`` as ``[sla]``, when not given). Raises
+    :class:`~otelbridge.report.verdicts.ReportError` when it cannot be read or a line does
+    not decode (naming the line)."""
     try:
-        spans = collect(_requests(path))
+        requests = list(_requests(path))
+        spans = collect(requests)
     except OSError as exc:
         raise ReportError(f"cannot read {path}: {exc.strerror or exc}") from exc
     except UnicodeDecodeError as exc:
         raise ReportError(f"{path}: not a text file of OTLP/JSON lines ({exc.reason})") from exc
     except DecodeError as exc:
         raise ReportError(f"{path}: {exc}") from exc
-    return from_spans(
+    report = from_spans(
         spans,
         config,
         source="standard input" if path == "-" else path,
@@ -347,3 +352,7 @@ def read_span_file(
         namespaces=namespaces,
         slowest=slowest,
     )
+    judge_with = rules if rules is not None else dataclasses.replace(Config(), sla=config)
+    rollouts = rollouts_of(requests, judge_with)
+    verdict_json = {**report.verdict_json, "rollouts": [dict(r.document) for r in rollouts]}
+    return dataclasses.replace(report, rollouts=rollouts, verdict_json=verdict_json)

@@ -97,9 +97,28 @@ def namespace_block(ns: NamespaceReport, coverage_min: float, *, color: bool) ->
     return lines
 
 
+def rollout_block(report: Report, *, color: bool) -> list[str]:
+    """The rollouts of a span file, a line each, with the reasons of those that did not
+    pass (judged as ``otelbridge processor`` judges them)."""
+    if not report.rollouts:
+        return []
+    lines = ["", f"rollouts ({len(report.rollouts)}, judged as otelbridge processor does):"]
+    verdicts = {"pass": "pass", "halt": "breach", "insufficient": "insufficient"}
+    for r in report.rollouts:
+        tint = verdicts.get(r.verdict, r.verdict)
+        lines.append(
+            f"  {r.name or '(unnamed)'}  trace {r.trace_id}  "
+            f"{_paint(r.verdict.upper(), tint, color, bold=True)}  "
+            f"{r.startups} startups, {r.failed} failed, {r.partial} partial"
+        )
+        lines += [f"    - {reason}" for reason in r.reasons]
+    return lines
+
+
 def render_table(report: Report, *, color: bool = False) -> str:
     """The whole report as text, ending with a newline."""
     lines = header(report)
+    lines += rollout_block(report, color=color)
     if not report.namespaces:
         lines += ["", "no startups" + (" in this file" if report.has_spans else " in the window")]
     for ns in report.namespaces:

@@ -89,8 +89,23 @@ class ListSink:
         self.spans.extend(spans)
 
 
+#: containers whose id starts with ``ro<N>-`` carry the traceparent of rollout N
+ROLLOUT_PARENT = "00f067aa0ba902b7"
+
+
+def rollout_trace(n: int) -> str:
+    return f"{n:032x}"
+
+
 def _lookup(namespace: str, container_id: str) -> ContainerInfo:
     labels = {"otelbridge.io/readiness": "tcp://127.0.0.1:1"} if "probed" in container_id else {}
+    if (
+        container_id.startswith("ro")
+        and "-" in container_id
+        and container_id[2:].split("-", maxsplit=1)[0].isdigit()
+    ):
+        n = int(container_id[2:].split("-", maxsplit=1)[0])
+        labels = {**labels, "traceparent": f"00-{rollout_trace(n)}-{ROLLOUT_PARENT}-01"}
     return ContainerInfo(namespace=namespace, id=container_id, labels=labels)
 
 

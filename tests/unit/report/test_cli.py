@@ -94,7 +94,7 @@ def test_json_prints_the_verdicts(span_file: Path, capsys: pytest.CaptureFixture
     printed = json.loads(capsys.readouterr().out)
     assert list(printed["namespaces"]) == ["web"]
     assert printed["namespaces"]["web"]["verdict"] == "pass"
-    assert set(printed) == {"window_s", "min_samples", "budgets", "namespaces"}
+    assert set(printed) == {"window_s", "min_samples", "budgets", "namespaces", "rollouts"}
 
 
 def test_from_a_bridge(bridge: Server, capsys: pytest.CaptureFixture[str]) -> None:
