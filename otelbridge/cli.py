@@ -158,6 +158,12 @@ def build_parser() -> argparse.ArgumentParser:
             "pass (0), halt (1) or insufficient (2) for a rollout, from the processors",
             "gate",
         ),
+        (
+            "validate",
+            "check bundles, manifests or live containers against the contract, before rollout",
+            "validate.command",
+        ),
+        ("hook", "the runtime-side recorder of runtime-internal phases", "hook"),
     ):
         command = sub.add_parser(name, help=help_text)
         _command_module(module).configure(command)
@@ -449,6 +455,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "rollout": lambda args: _command_module("rollout").main(args),
     "processor": lambda args: _command_module("processor.command").main(args),
     "gate": lambda args: _command_module("gate").main(args),
+    "validate": lambda args: _command_module("validate.command").main(args),
+    "hook": lambda args: _command_module("hook").main(args),
 }
 
 

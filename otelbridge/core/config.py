@@ -16,7 +16,7 @@ import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from otelbridge.core.errors import ConfigError
 from otelbridge.core.tracecontext import ENV_TRACEPARENT
@@ -404,6 +404,39 @@ class ProcessorConfig:
 
 
 @dataclass(frozen=True)
+class ValidateConfig:
+    """What `otelbridge validate` requires of a rollout's containers before they run."""
+
+    require_trace_context: tuple[str, ...] = ()
+    """Namespaces (fnmatch globs; containerd namespaces for bundles and live containers,
+    Kubernetes namespaces for manifests; ``*``: all) whose containers must carry a
+    traceparent; elsewhere a missing one is fine and only an invalid one is an error."""
+
+    require_readiness: bool = False
+    """A pod template whose containers declare no readiness probe is an error, not a
+    warning."""
+
+    def validate(self) -> list[str]:
+        problems = []
+        if any(not pattern for pattern in self.require_trace_context):
+            problems.append("validate.require_trace_context: a pattern is empty")
+        return problems
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """Runtime-internal phases recorded on the runtime side (`otelbridge hook`)."""
+
+    hook_spool: str = ""
+    """Directory where the runtime-side recorder writes each container's moments (shim
+    started, runc create, hooks, runc start); ``--hook-spool`` overrides it; empty: not
+    read (startups have no runtime-internal spans)."""
+
+    def validate(self) -> list[str]:
+        return []
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole bridge configuration."""
 
@@ -415,6 +448,8 @@ class Config:
     state: StateConfig = field(default_factory=StateConfig)
     gate: GateConfig = field(default_factory=GateConfig)
     processor: ProcessorConfig = field(default_factory=ProcessorConfig)
+    validate_: ValidateConfig = field(default_factory=ValidateConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
     def validate(self) -> list[str]:
         problems = []
@@ -424,7 +459,9 @@ class Config:
                 value = getattr(stage, f.name)
                 # nan passes every comparison in the stages' validate(): reject it here
                 if isinstance(value, float) and not math.isfinite(value):
-                    problems.append(f"{section.name}.{f.name} must be a finite number")
+                    problems.append(
+                        f"{section_name(section.name)}.{f.name} must be a finite number"
+                    )
         if problems:
             return problems
         return (
@@ -436,6 +473,8 @@ class Config:
             + self.state.validate()
             + self.gate.validate()
             + self.processor.validate()
+            + self.validate_.validate()
+            + self.runtime.validate()
         )
 
     def checked(self) -> Config:
@@ -506,17 +545,27 @@ def _section(cls: type[Any], data: Any, name: str, problems: list[str]) -> Any:
     return cls(**kwargs)
 
 
+#: TOML section names that are not their field's name (``validate`` is Config's method)
+_FIELD_OF_SECTION: Final = {"validate": "validate_"}
+
+
+def section_name(field_name: str) -> str:
+    """The TOML section of a :class:`Config` field (``validate_`` -> ``validate``)."""
+    return {v: k for k, v in _FIELD_OF_SECTION.items()}.get(field_name, field_name)
+
+
 def config_from_mapping(data: Mapping[str, Any]) -> Config:
     """Builds a :class:`Config` from parsed TOML; raises ConfigError with every problem."""
     problems: list[str] = []
     sections: dict[str, Any] = {}
-    known = {f.name: f for f in fields(Config)}
+    known = {section_name(f.name): f for f in fields(Config)}
     for name, value in data.items():
         if name not in known:
             problems.append(f"[{name}]: unknown section")
             continue
-        section_type = typing.get_type_hints(Config)[name]
-        sections[name] = _section(section_type, value, name, problems)
+        field_name = known[name].name
+        section_type = typing.get_type_hints(Config)[field_name]
+        sections[field_name] = _section(section_type, value, name, problems)
     cfg = Config(**sections)
     problems.extend(cfg.validate())
     if problems:
@@ -546,9 +595,11 @@ __all__ = [
     "GateConfig",
     "ProcessorConfig",
     "ReadinessConfig",
+    "RuntimeConfig",
     "SlaConfig",
     "SourceConfig",
     "StateConfig",
+    "ValidateConfig",
     "config_from_mapping",
     "load_config",
 ]

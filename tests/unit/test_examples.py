@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import fields
 from pathlib import Path
 
-from otelbridge.core.config import Config, load_config
+from otelbridge.core.config import Config, load_config, section_name
 
 ROOT = Path(__file__).parents[2]
 
@@ -23,4 +23,5 @@ def test_every_config_key_is_documented() -> None:
     doc = (ROOT / "docs" / "commands.md").read_text(encoding="utf-8")
     for section in fields(Config):
         for f in fields(getattr(Config(), section.name)):
-            assert f"`{section.name}.{f.name}`" in doc, f"{section.name}.{f.name}"
+            key = f"{section_name(section.name)}.{f.name}"
+            assert f"`{key}`" in doc, key

@@ -18,11 +18,14 @@ from otelbridge.core.config import (
     GateConfig,
     ProcessorConfig,
     ReadinessConfig,
+    RuntimeConfig,
     SlaConfig,
     SourceConfig,
     StateConfig,
+    ValidateConfig,
     config_from_mapping,
     load_config,
+    section_name,
 )
 from otelbridge.core.errors import ConfigError
 
@@ -36,6 +39,8 @@ SECTIONS: dict[str, Any] = {
     "state": StateConfig(),
     "gate": GateConfig(),
     "processor": ProcessorConfig(),
+    "validate_": ValidateConfig(),
+    "runtime": RuntimeConfig(),
 }
 
 
@@ -147,6 +152,8 @@ EXPECTED = Config(
         max_request_bytes=1048576,
         pending_ttl_s=60.0,
     ),
+    validate_=ValidateConfig(require_trace_context=("prod-*",), require_readiness=True),
+    runtime=RuntimeConfig(hook_spool="/run/otelbridge/hooks"),
 )
 
 
@@ -156,9 +163,9 @@ def test_sample_file_loads_to_the_expected_config() -> None:
 
 def test_sample_file_sets_every_key_of_every_section() -> None:
     data = tomllib.loads(SAMPLE.read_text(encoding="utf-8"))
-    assert set(data) == set(SECTIONS)
+    assert set(data) == {section_name(name) for name in SECTIONS}
     for name, section in SECTIONS.items():
-        assert set(data[name]) == {f.name for f in dataclasses.fields(section)}, name
+        assert set(data[section_name(name)]) == {f.name for f in dataclasses.fields(section)}, name
 
 
 def test_sample_file_differs_from_the_defaults_in_every_key() -> None:

@@ -1,0 +1,15 @@
+"""`otelbridge hook`: the runtime-side recorder of runtime-internal phases, and its install."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Adds this command's flags to ``parser`` (the command line's subcommand)."""
+    parser.add_argument("-v", "--verbose", action="count", default=0)
+
+
+def main(args: argparse.Namespace) -> int:
+    """Runs the command; returns its exit code."""
+    raise NotImplementedError("hook: not built yet")

@@ -1,0 +1,1 @@
+"""`otelbridge validate`: the container execution contract, checked before the rollout."""
