@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
+import json
 import logging
 import os
 import signal
@@ -24,6 +25,7 @@ from otelbridge.core import semconv
 from otelbridge.core.config import Config, load_config
 from otelbridge.core.counters import Counters
 from otelbridge.core.errors import ConfigError, DecodeError, EnvironmentProblem, OtelbridgeError
+from otelbridge.core.logutil import LOG_FORMATS, JsonFormatter
 from otelbridge.source.recording import Recording, bounded_lines, open_items, open_text
 from otelbridge.status import DEFAULT_HTTP_ADDR, StatusServer
 
@@ -53,11 +55,10 @@ def _common(p: argparse.ArgumentParser, *, address: bool = True) -> None:
     p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)")
 
 
-def _exporting(p: argparse.ArgumentParser) -> None:
+def _exporting(p: argparse.ArgumentParser, default: str = "$OTEL_TRACES_EXPORTER or otlp") -> None:
     p.add_argument(
         "--exporter",
-        help="span exporters, comma-separated: otlp, console, jsonl, none "
-        "(default: $OTEL_TRACES_EXPORTER or otlp)",
+        help=f"span exporters, comma-separated: otlp, console, jsonl, none (default: {default})",
     )
     p.add_argument(
         "--jsonl-path", default=None, help="file for the jsonl exporter (default: stdout)"
@@ -70,6 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="containerd events -> OpenTelemetry container-startup traces",
     )
     parser.add_argument("--version", action="version", version=f"otelbridge {__version__}")
+    parser.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        help="text (default) or json: one JSON object per line (else $OTELBRIDGE_LOG_FORMAT)",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="the node daemon: containerd events -> spans -> OTLP")
@@ -117,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--no-color", action="store_true", help="plain text output")
     demo.add_argument("-v", "--verbose", action="count", default=0)
-    _exporting(demo)
+    _exporting(demo, default="none: the waterfall only")
 
     sla = sub.add_parser(
         "sla",
@@ -142,7 +148,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="a jsonl span file (otelbridge run --exporter jsonl --jsonl-path FILE; - for "
         "stdin), judged over all its spans with the budgets of --config",
     )
-    sla.add_argument("--html", metavar="OUT", help="also write a self-contained HTML report")
+    sla.add_argument(
+        "--html",
+        nargs="?",
+        const=True,
+        metavar="OUT",
+        help="also write a self-contained HTML report: to OUT, or to --output, else "
+        "otelbridge-sla.html",
+    )
+    sla.add_argument("--output", "-o", metavar="FILE", help="where --html writes the report")
     sla.add_argument(
         "--json", action="store_true", help="print the verdict JSON (/v1/sla's shape) instead"
     )
@@ -176,11 +190,24 @@ def _command_module(name: str) -> Any:
     return importlib.import_module(f"otelbridge.{name}")
 
 
-def _setup_logging(verbosity: int) -> None:
-    level = logging.WARNING if verbosity <= 0 else logging.INFO if verbosity == 1 else logging.DEBUG
-    logging.basicConfig(
-        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
+#: commands that run for long: what they do is said at INFO by default (-v: debug)
+_DAEMONS = frozenset({"run", "record", "processor"})
+
+
+def _setup_logging(verbosity: int, command: str, log_format: str | None) -> None:
+    """Warnings by default (INFO for the long-running commands); ``-v`` one level more,
+    ``-vv`` debug. ``--log-format json`` (or ``OTELBRIDGE_LOG_FORMAT=json``): one JSON
+    object per line."""
+    levels = [logging.WARNING, logging.INFO, logging.DEBUG]
+    start = 1 if command in _DAEMONS else 0
+    level = levels[min(start + max(verbosity, 0), len(levels) - 1)]
+    handler = logging.StreamHandler(sys.stderr)
+    chosen = log_format or os.environ.get("OTELBRIDGE_LOG_FORMAT", "").strip() or "text"
+    if chosen == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler])
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -238,14 +265,14 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"otelbridge run: cannot write {args.record}: {exc.strerror}", file=sys.stderr)
             return EXIT_FAILED
         bridge.record_to(recording, address=cfg.source.address)
-    _log.warning(
+    _log.info(
         "otelbridge %s following containerd at %s (namespaces: %s)",
         __version__,
         cfg.source.address,
         ", ".join(cfg.source.namespaces) or "all",
     )
     if bridge.store is not None:
-        _log.warning("state kept in %s", bridge.store.path)
+        _log.info("state kept in %s", bridge.store.path)
     http_addr = args.http_addr
     if http_addr is None:
         http_addr = os.environ.get("OTELBRIDGE_HTTP_ADDR", DEFAULT_HTTP_ADDR)
@@ -260,7 +287,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             routes={"/metrics": bridge.metrics.prometheus_route} if bridge.metrics else None,
         )
         host, port = status.address[:2]
-        _log.warning(
+        _log.info(
             "status API on http://%s:%s/ (/healthz, /readyz, /v1/counters, /v1/sla, /metrics)",
             host,
             port,
@@ -275,7 +302,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         status.shutdown()
     if recording is not None:
         recording.close()
-    _log.warning("stopped; counters: %s", bridge.counters.nonzero())
+    _log.info("stopped; counters: %s", json.dumps(bridge.counters.nonzero(), sort_keys=True))
     if bridge.pipeline.failed:
         print(f"otelbridge run: {bridge.pipeline.failure}", file=sys.stderr)
         return EXIT_FAILED
@@ -405,9 +432,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
     )
 
 
-def cmd_sla(args: argparse.Namespace) -> int:
-    import json  # noqa: PLC0415 - only this command prints JSON
+def _html_path(args: argparse.Namespace) -> str | None:
+    """Where ``sla`` writes its HTML report: ``--html OUT``, ``--html -o FILE``, ``-o
+    FILE.html`` alone, else ``otelbridge-sla.html`` for a bare ``--html``."""
+    if isinstance(args.html, str):
+        return args.html
+    if args.html or args.output:
+        return str(args.output or "otelbridge-sla.html")
+    return None
 
+
+def cmd_sla(args: argparse.Namespace) -> int:
     from otelbridge import report  # noqa: PLC0415 - matplotlib and friends only here
 
     cfg = _config(args)
@@ -432,15 +467,16 @@ def cmd_sla(args: argparse.Namespace) -> int:
             generated_at_ns=generated_at_ns,
             namespaces=cfg.source.namespaces,
         )
-    if args.html:
-        report.write_html(rep, args.html)
+    html = _html_path(args)
+    if html:
+        report.write_html(rep, html)
     if args.json:
         print(json.dumps(rep.verdict_json, indent=1))
     else:
         color = sys.stdout.isatty() and "NO_COLOR" not in os.environ
         sys.stdout.write(report.render_table(rep, color=color))
-    if args.html:
-        print(f"wrote {args.html}", file=sys.stderr)
+    if html:
+        print(f"wrote {html}", file=sys.stderr)
     # every namespace passes: 0; any breaches: 1; else (too little data somewhere, or no
     # namespace at all): 2, for a report never passes on too little data
     return {"pass": EXIT_OK, "breach": EXIT_FAILED}.get(rep.verdict, EXIT_USAGE)
@@ -462,7 +498,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _setup_logging(args.verbose)
+    _setup_logging(getattr(args, "verbose", 0), args.command, args.log_format)
     try:
         return COMMANDS[args.command](args)
     except ConfigError as exc:

@@ -12,8 +12,10 @@ than the events. Repeated messages are therefore throttled by time: the counters
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
+import time
 from typing import Any
 
 from otelbridge.core.clock import Clock, SystemClock
@@ -93,3 +95,25 @@ class ThrottledLogger:
 
     def info(self, kind: str, msg: str, *args: Any) -> None:
         self.log(logging.INFO, kind, msg, *args)
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line (``OTELBRIDGE_LOG_FORMAT=json``): ``time`` (RFC 3339,
+    UTC), ``level``, ``logger``, ``message``, and ``exception`` when there is one, so a
+    log pipeline (Loki, a Collector's filelog receiver) reads fields, not text."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        return json.dumps(out, ensure_ascii=False)
+
+
+LOG_FORMATS = ("text", "json")
+"""The values of ``--log-format`` / ``OTELBRIDGE_LOG_FORMAT``."""

@@ -210,10 +210,11 @@ class ConsoleExporter:
     """Prints one line per span, for people watching a terminal.
 
     The line holds trace id, span id, parent id (``-`` for a root), name, duration in
-    milliseconds, status and the first ``max_attributes`` attributes as ``key=value``.
+    milliseconds, status and its attributes as ``key=value`` (the first ``max_attributes``
+    when given).
     """
 
-    def __init__(self, stream: TextIO | None = None, *, max_attributes: int = 6) -> None:
+    def __init__(self, stream: TextIO | None = None, *, max_attributes: int | None = None) -> None:
         self._stream: TextIO = stream if stream is not None else sys.stdout
         self._max_attributes = max_attributes
 
@@ -238,8 +239,11 @@ class ConsoleExporter:
         """Nothing to release; the stream belongs to the caller."""
 
 
-def format_span(span: Span, max_attributes: int = 6) -> str:
-    """One line describing ``span`` (the :class:`ConsoleExporter` format)."""
+def format_span(span: Span, max_attributes: int | None = None) -> str:
+    """One line describing ``span`` (the :class:`ConsoleExporter` format): its IDs,
+    name, duration, status and attributes (all of them unless ``max_attributes``: the
+    ones that explain a startup, outcome, readiness source, budgets broken, are what a
+    person at a terminal looks for)."""
     duration_ms = (span.end_time_unix_nano - span.start_time_unix_nano) / 1e6
     parts = [
         f"trace={span.trace_id.hex()}",
@@ -249,9 +253,10 @@ def format_span(span: Span, max_attributes: int = 6) -> str:
         f"duration={duration_ms:.3f}ms",
         f"status={_status_text(span.status)}",
     ]
-    for kv in span.attributes[:max_attributes]:
+    shown = span.attributes if max_attributes is None else span.attributes[:max_attributes]
+    for kv in shown:
         parts.append(f"{kv.key}={_value_text(kv.value)}")
-    if len(span.attributes) > max_attributes:
+    if max_attributes is not None and len(span.attributes) > max_attributes:
         parts.append(f"(+{len(span.attributes) - max_attributes} attributes)")
     return " ".join(parts)
 

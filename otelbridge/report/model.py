@@ -217,6 +217,8 @@ class Report:
     spans_read: int = 0
     rollouts: tuple[RolloutReport, ...] = ()
     """From a span file: its startups grouped by rollout (the trace that caused them)."""
+    left_out: tuple[str, ...] = ()
+    """Namespaces the source has that ``-n`` did not ask for (to say when none matched)."""
 
     @property
     def verdict(self) -> str:

@@ -47,6 +47,7 @@ from otelbridge.export.files import read_jsonl
 from otelbridge.report.model import GcFigures, Phase, Report, StartupBars
 from otelbridge.report.rollouts import rollouts_of
 from otelbridge.report.verdicts import ReportError, report_from_json
+from otelbridge.source.recording import parse_ctr_line
 
 #: The namespace of spans that carry no ``containerd.namespace``.
 UNKNOWN_NAMESPACE: Final = "(unknown)"
@@ -212,11 +213,13 @@ def from_spans(
     all of them. ``namespaces``, if not empty, keeps only those."""
     wanted = set(namespaces)
     per_ns: dict[str, _Namespace] = defaultdict(_Namespace)
+    left_out: set[str] = set()
     for key, root in spans.startups.items():
         phases = spans.phases.get(key, {})
         record = startup_record(root, phases)
         namespace = record.key.namespace
         if wanted and namespace not in wanted:
+            left_out.add(namespace)
             continue
         state = per_ns[namespace]
         measured = sla.durations(record)
@@ -310,7 +313,35 @@ def from_spans(
         first_ns=first,
         last_ns=last,
         spans_read=spans.spans_read,
+        left_out=tuple(sorted(left_out)),
     )
+
+
+def _refuse_a_recording(path: str) -> None:
+    """A recording (or ``ctr events`` output) given for a span file: say what to do."""
+    if path == "-":
+        return
+    try:
+        with open(path, encoding="utf-8", errors="replace") as stream:
+            first = next((line for line in stream if line.strip()), "").strip()
+    except OSError:
+        return  # read_span_file says why
+    recording = first.startswith("{") and '"otelbridge-recording"' in first
+    if recording or _is_ctr_events(first):
+        what = "an otelbridge recording" if recording else "`ctr events` output"
+        raise ReportError(
+            f"{path} is {what}, not a span file: turn it into spans with `otelbridge replay "
+            f"{path} --exporter jsonl --jsonl-path spans.jsonl`, then `otelbridge sla --spans "
+            "spans.jsonl`"
+        )
+
+
+def _is_ctr_events(line: str) -> bool:
+    try:
+        parse_ctr_line(line)
+    except Exception:  # anything it cannot read is not a ctr events line
+        return False
+    return True
 
 
 def _requests(path: str) -> Iterator[ExportTraceServiceRequest]:
@@ -335,6 +366,7 @@ def read_span_file(
     ``config`` as ``[sla]``, when not given). Raises
     :class:`~otelbridge.report.verdicts.ReportError` when it cannot be read or a line does
     not decode (naming the line)."""
+    _refuse_a_recording(path)
     try:
         requests = list(_requests(path))
         spans = collect(requests)

@@ -120,7 +120,15 @@ def render_table(report: Report, *, color: bool = False) -> str:
     lines = header(report)
     lines += rollout_block(report, color=color)
     if not report.namespaces:
-        lines += ["", "no startups" + (" in this file" if report.has_spans else " in the window")]
+        where = " in this file" if report.has_spans else " in the window"
+        if report.left_out:
+            lines += [
+                "",
+                f"no startups in the namespaces asked for{where}; it has startups in: "
+                + ", ".join(report.left_out),
+            ]
+        else:
+            lines += ["", "no startups" + where]
     for ns in report.namespaces:
         lines.append("")
         lines += namespace_block(ns, report.coverage_min, color=color)

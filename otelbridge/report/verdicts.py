@@ -134,4 +134,5 @@ def report_from_json(
             )
         ),
         verdict_json=verdict_json,
+        left_out=tuple(sorted(str(k) for k in raw if str(k) not in kept)),
     )

@@ -107,6 +107,7 @@ class LiveSource:
             initial_s=config.reconnect_initial_s, max_s=config.reconnect_max_s
         )
         self._horizon_ns: int | None = None
+        self._namespaces_checked = False
         self._sessions = 0
         self._lock = threading.Lock()
         self._current: EventStream | None = None
@@ -267,7 +268,29 @@ class LiveSource:
     def _snapshot(self, reason: str) -> ReconcileSnapshot:
         if self._horizon_ns is None:
             self._horizon_ns = self._clock.now_ns() - int(self._cfg.initial_lookback_s * _NS)
+        if self._cfg.namespaces and not self._namespaces_checked:
+            self._check_namespaces()
         return self._list(reason, self._horizon_ns)
+
+    def _check_namespaces(self) -> None:
+        """Says once, at the first connect, which ``--namespace`` does not exist in
+        containerd (a typo follows nothing, silently): it is followed anyway, in case it is
+        created later."""
+        self._namespaces_checked = True
+        try:
+            existing = set(self._client.list_namespaces())
+        except ContainerdError as exc:
+            _log.debug("listing namespaces to check --namespace failed: %s", exc)
+            return
+        for ns in self._cfg.namespaces:
+            if ns not in existing:
+                _log.warning(
+                    "containerd at %s has no namespace %r (it has: %s): nothing is seen there "
+                    "until it is created; is --namespace right?",
+                    self._client.address,
+                    ns,
+                    ", ".join(sorted(existing)) or "none",
+                )
 
     def _list(self, reason: str, since_ns: int, until_ns: int = 0) -> ReconcileSnapshot:
         now = self._clock.now_ns()

@@ -3,12 +3,14 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import sys
 
 import pytest
 
 from otelbridge.core.clock import FakeClock
-from otelbridge.core.logutil import LogThrottle, ThrottledLogger
+from otelbridge.core.logutil import JsonFormatter, LogThrottle, ThrottledLogger
 
 
 def test_a_burst_goes_through_then_one_line_per_interval_with_the_count(
@@ -52,3 +54,22 @@ def test_log_throttle_counts_what_it_held_back() -> None:
     assert throttle.ready() is None
     clock.advance(1)
     assert throttle.ready() == 3
+
+
+def test_json_log_lines_carry_fields_a_log_pipeline_reads() -> None:
+    record = logging.LogRecord("otelbridge.x", logging.WARNING, "f.py", 1, "lost %d", (3,), None)
+    record.created = 0.25
+    record.msecs = 250.0
+    line = JsonFormatter().format(record)
+    assert "\n" not in line
+    assert json.loads(line) == {
+        "time": "1970-01-01T00:00:00.250Z",
+        "level": "WARNING",
+        "logger": "otelbridge.x",
+        "message": "lost 3",
+    }
+    try:
+        raise ValueError("bad")
+    except ValueError:
+        record.exc_info = sys.exc_info()
+    assert "ValueError: bad" in json.loads(JsonFormatter().format(record))["exception"]

@@ -246,3 +246,12 @@ def test_none_exporter_accepts_everything() -> None:
     exporter = NoneExporter()
     assert exporter.export(sample_request(), 2) is ExportResult.SUCCESS
     exporter.shutdown()
+
+
+def test_the_console_exporter_shows_every_attribute_by_default() -> None:
+    """A new user could not see what explained a startup: `(+9 attributes)`."""
+    stream = io.StringIO()
+    ConsoleExporter(stream).export(sample_request(), 2)
+    first = stream.getvalue().splitlines()[0]
+    assert "attributes)" not in first
+    assert first.count("=") >= 10  # ids, name, duration, status and all four attributes

@@ -170,3 +170,33 @@ def test_an_html_file_that_cannot_be_written_is_exit_1(
 ) -> None:
     assert sla("--spans", passing, "--html", str(tmp_path / "no" / "dir.html")) == 1
     assert capsys.readouterr().err.startswith("otelbridge sla: cannot write ")
+
+
+def test_a_namespace_that_matches_nothing_names_those_there(
+    span_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A new user typed -n nosuch and read "no startups in this file"."""
+    sla("--spans", str(span_file), "-n", "nosuch")
+    out = capsys.readouterr().out
+    assert "no startups in the namespaces asked for in this file; it has startups in:" in out
+    assert "web" in out
+
+
+def test_a_recording_given_as_spans_says_to_replay_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A new user ran sla on a recording and read "0 spans"."""
+    path = tmp_path / "rec.jsonl"
+    path.write_text('{"format":"otelbridge-recording","version":2}\n')
+    assert sla("--spans", str(path)) == 1
+    assert "otelbridge replay" in capsys.readouterr().err
+
+
+def test_html_goes_where_output_says(span_file: Path, tmp_path: Path) -> None:
+    """`--html -o FILE` was refused (record uses -o; sla's --html took the path)."""
+    out = tmp_path / "r.html"
+    sla("--spans", str(span_file), "--html", "-o", str(out))
+    assert out.read_text().startswith("<!DOCTYPE html>")
+    other = tmp_path / "s.html"
+    sla("--spans", str(span_file), "--html", str(other))
+    assert other.exists()

@@ -7,6 +7,7 @@ and moves a fake clock instead of sleeping.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import socket
 import threading
@@ -317,3 +318,16 @@ def test_the_problem_of_an_ended_stream_is_exposed_until_relisted(
     stop.on_wait = record
     run_until(source, stop, lambda item: False)
     assert seen[0] is not None and seen[0].startswith("the event stream from containerd ended")
+
+
+def test_a_namespace_containerd_does_not_have_is_said_once(
+    tmp_path: Path, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A new user's typo in --namespace was accepted silently: nothing was ever seen."""
+    stop = FakeStop(clock)
+    containerd = FakeContainerd(str(tmp_path / "c.sock"), stop)
+    config = dataclasses.replace(CONFIG, namespaces=("defualt",))
+    source = LiveSource(containerd, config, Counters(), clock)
+    run_until(source, stop, lambda item: isinstance(item, ReconcileSnapshot))
+    [said] = [w for w in warnings(caplog) if "has no namespace" in w]
+    assert "'defualt'" in said and "(it has: default)" in said
