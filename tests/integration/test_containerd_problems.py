@@ -29,7 +29,7 @@ class Run:
 
     def __init__(self, address: str, log_path: Path, prefix: list[str] | None = None) -> None:
         self.log_path = log_path
-        args = ["run", "-v", "--address", address, "--state-dir", "", "--exporter", "none"]
+        args = ["run", "--address", address, "--state-dir", "", "--exporter", "none"]
         args += ["--http-addr", "127.0.0.1:0"]
         with open(log_path, "wb") as log:
             self.proc = subprocess.Popen(
