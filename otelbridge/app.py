@@ -45,6 +45,7 @@ from otelbridge.export.storage import MemoryStorage
 from otelbridge.pipeline import MetadataLookup, Pipeline
 from otelbridge.readiness import ReadinessSource
 from otelbridge.readiness.probe import ProbeSource
+from otelbridge.runtime import RuntimePhases, Spool, SpoolJanitor
 from otelbridge.source.live import LiveSource
 from otelbridge.source.recording import Recorder
 
@@ -141,10 +142,13 @@ class Bridge:
     store: StateStore | None = None
     metrics: BridgeMetrics | None = None
     memory: MemoryStorage | None = None
+    hook_spool: SpoolJanitor | None = None
 
     def start(self) -> None:
         self.delivery.start()
         self.pipeline.start(self.source)
+        if self.hook_spool is not None:
+            self.hook_spool.start()
 
     def submit(self, spans: list[Span]) -> None:
         """Spans from outside the pipeline (the demo's rollout span); memory mode only."""
@@ -199,6 +203,8 @@ class Bridge:
         for at most ``grace_s`` (default ``state.shutdown_grace_s``). Idempotent."""
         grace = self.pipeline.config.state.shutdown_grace_s if grace_s is None else grace_s
         self.pipeline.shutdown()
+        if self.hook_spool is not None:
+            self.hook_spool.stop()
         self.delivery.shutdown(grace)
         if self.metrics is not None:  # after the pipeline: the last startups are in it
             self.metrics.shutdown()
@@ -261,7 +267,14 @@ def build_live_bridge(
             decide_every_start=record_verdicts,
         )
         return Bridge(
-            client, source, pipeline, delivery, counters, metrics=bridge_metrics, memory=memory
+            client,
+            source,
+            pipeline,
+            delivery,
+            counters,
+            metrics=bridge_metrics,
+            memory=memory,
+            hook_spool=_runtime_phases(config, pipeline, counters, clock),
         )
     store = StateStore(
         Path(config.state.dir),
@@ -292,7 +305,22 @@ def build_live_bridge(
         decide_every_start=record_verdicts,
     )
     source.resume_from(pipeline.restore())
-    return Bridge(client, source, pipeline, delivery, counters, store, bridge_metrics)
+    janitor = _runtime_phases(config, pipeline, counters, clock)
+    return Bridge(
+        client, source, pipeline, delivery, counters, store, bridge_metrics, hook_spool=janitor
+    )
+
+
+def _runtime_phases(
+    config: Config, pipeline: Pipeline, counters: Counters, clock: Clock
+) -> SpoolJanitor | None:
+    """With ``runtime.hook_spool``: the runtime-internal spans of each startup from the
+    recorder's spool, and the janitor that bounds the spool (docs/runtime.md)."""
+    if not config.runtime.hook_spool:
+        return None
+    spool = Spool(Path(config.runtime.hook_spool), counters, followed=config.source.namespaces)
+    pipeline.emitter.on_spans = RuntimePhases(spool, counters).attach
+    return SpoolJanitor(spool, clock)
 
 
 # -- replay ------------------------------------------------------------------------------------

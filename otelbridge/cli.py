@@ -97,6 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="also record what this bridge processes (events, container records, readiness "
         "verdicts): `otelbridge replay FILE` then gives this run's spans exactly",
     )
+    run.add_argument(
+        "--hook-spool",
+        metavar="DIR",
+        help="read the runtime-side recorder's spool (`otelbridge hook`): runtime-internal "
+        "spans under shim.launch and task.start (default: [runtime] hook_spool; empty: off)",
+    )
 
     rec = sub.add_parser("record", help="record containerd's raw event stream to a file")
     _common(rec)
@@ -226,7 +232,10 @@ def _config(args: argparse.Namespace) -> Config:
         state_dir = flag if flag is not None else os.environ.get("OTELBRIDGE_STATE_DIR")
         if state_dir is not None:
             state = dataclasses.replace(state, dir=state_dir)
-    return dataclasses.replace(cfg, source=source, state=state).checked()
+    runtime = cfg.runtime
+    if getattr(args, "hook_spool", None) is not None:  # --hook-spool, then the config file
+        runtime = dataclasses.replace(runtime, hook_spool=args.hook_spool)
+    return dataclasses.replace(cfg, source=source, state=state, runtime=runtime).checked()
 
 
 def _on_signals(stop: threading.Event) -> None:

@@ -433,7 +433,10 @@ class RuntimeConfig:
     read (startups have no runtime-internal spans)."""
 
     def validate(self) -> list[str]:
-        return []
+        problems = []
+        if self.hook_spool and not self.hook_spool.startswith("/"):
+            problems.append(f"runtime.hook_spool must be an absolute path, got {self.hook_spool!r}")
+        return problems
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,11 @@ SPAN_READINESS_WAIT: Final = "readiness.wait"
 SPAN_ROLLOUT: Final = "rollout"
 SPAN_POD_STARTUP: Final = "pod.startup"
 SPAN_SNAPSHOT_RECLAIM: Final = "snapshot.reclaim"
+# runtime-internal phases (otelbridge.runtime, from the hook spool): children of
+# shim.launch (shim.prepare, runc.create) and task.start (runc.start)
+SPAN_SHIM_PREPARE: Final = "shim.prepare"
+SPAN_RUNC_CREATE: Final = "runc.create"
+SPAN_RUNC_START: Final = "runc.start"
 
 SPAN_NAMES: Final = (
     SPAN_POD_STARTUP,
@@ -35,6 +40,9 @@ SPAN_NAMES: Final = (
     SPAN_READINESS_WAIT,
     SPAN_ROLLOUT,
     SPAN_SNAPSHOT_RECLAIM,
+    SPAN_SHIM_PREPARE,
+    SPAN_RUNC_CREATE,
+    SPAN_RUNC_START,
 )
 
 # -- span event names -----------------------------------------------------------------------
@@ -66,6 +74,7 @@ K8S_CONTAINER_RESTART_COUNT: Final = "k8s.container.restart_count"
 CONTAINERD_NAMESPACE: Final = "containerd.namespace"
 CONTAINERD_RUNTIME_NAME: Final = "containerd.runtime.name"
 CONTAINERD_SNAPSHOTTER: Final = "containerd.snapshotter"
+CONTAINERD_SHIM_PID: Final = "containerd.shim.pid"  # runtime phases: on shim.launch
 
 # -- span attributes: otelbridge ----------------------------------------------------------------
 OB_PARTIAL: Final = "otelbridge.partial"
@@ -86,6 +95,7 @@ OB_GC_SNAPSHOT_KEY: Final = "otelbridge.gc.snapshot_key"
 OB_GC_DEGRADED: Final = "otelbridge.gc.degraded"
 OB_GC_LEAKED: Final = "otelbridge.gc.leaked"
 OB_POD_CONTAINERS: Final = "otelbridge.pod.containers"
+OB_SHIM_REUSED: Final = "otelbridge.shim.reused"  # runtime phases: on shim.launch
 
 CONTAINER_RUNTIME_VALUE: Final = "containerd"
 
@@ -127,6 +137,8 @@ SPAN_ATTRIBUTES: Final = (
     OB_GC_SNAPSHOT_KEY,
     OB_GC_DEGRADED,
     OB_GC_LEAKED,
+    CONTAINERD_SHIM_PID,
+    OB_SHIM_REUSED,
 )
 RESOURCE_ATTRIBUTES: Final = (SERVICE_NAME, HOST_NAME, K8S_NODE_NAME)
 
@@ -305,6 +317,23 @@ GC_EVICTED = _counter(
     "container snapshots no longer followed for the GC budget: the tracked-container limit",
     "{snapshot}",
 )
+# runtime-internal phases (otelbridge.runtime)
+RUNTIME_UNMATCHED = _counter(
+    "otelbridge.runtime.unmatched",
+    "hook spool entries that matched no startup phase (outside its times, no phase to hold "
+    "them, a duplicate) or that no startup took before they grew old",
+    "{entry}",
+)
+RUNTIME_MALFORMED = _counter(
+    "otelbridge.runtime.malformed",
+    "hook spool lines or files that could not be parsed (skipped)",
+    "{entry}",
+)
+RUNTIME_CLAMPED = _counter(
+    "otelbridge.runtime.clamped",
+    "runtime phase spans moved inside their parent phase's time range",
+    "{span}",
+)
 
 COUNTERS: Final = (
     EVENTS_RECEIVED,
@@ -347,6 +376,9 @@ COUNTERS: Final = (
     GC_DEGRADED,
     GC_LEAKED,
     GC_EVICTED,
+    RUNTIME_UNMATCHED,
+    RUNTIME_MALFORMED,
+    RUNTIME_CLAMPED,
 )
 
 

@@ -65,6 +65,9 @@ class Emitter:
         self._on_record = on_record
         self.on_emitted: Callable[[StartupRecord], None] | None = None
         """Called once a startup's spans are in the sink (the checkpointer)."""
+        self.on_spans: Callable[[StartupRecord, list[Span]], None] | None = None
+        """May add spans to a startup's tree before it is judged and sent (the runtime
+        phases, :mod:`otelbridge.runtime`); must keep ``container.startup`` first."""
 
     def startup(self, record: StartupRecord) -> None:
         """Builds and hands on the spans of one startup."""
@@ -80,6 +83,8 @@ class Emitter:
             if self._gc.overlaps(record):
                 enrichment.attributes.append((semconv.OB_GC_OVERLAP, True))
             spans = build_startup_spans(record, enrichment)
+            if self.on_spans is not None:
+                self.on_spans(record, spans)
             self._sla.observe(record, measured)
             if self._on_measured is not None:
                 self._on_measured(record, measured)
