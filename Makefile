@@ -4,8 +4,8 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-APT_PACKAGES := containerd runc busybox-static umoci
-HOST_TOOLS := containerd runc ctr umoci busybox
+APT_PACKAGES := containerd runc busybox-static umoci gcc libc6-dev
+HOST_TOOLS := containerd runc ctr umoci busybox gcc
 
 .PHONY: setup host-tools demo test lint unit integration bench protos clean
 
@@ -50,6 +50,7 @@ bench: setup
 	$(BIN)/python benchmarks/replay.py
 	$(BIN)/python benchmarks/memory.py
 	$(BIN)/python benchmarks/processor.py
+	$(BIN)/python benchmarks/hook.py
 
 protos: setup
 	PYTHON=$(BIN)/python scripts/gen-protos
