@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
 from dataclasses import fields
 from pathlib import Path
 
@@ -25,3 +28,15 @@ def test_every_config_key_is_documented() -> None:
         for f in fields(getattr(Config(), section.name)):
             key = f"{section_name(section.name)}.{f.name}"
             assert f"`{key}`" in doc, key
+
+
+def test_every_ci_script_is_executable_valid_and_shellcheck_clean() -> None:
+    # what each one does is tested beside its command (test_cd_files.py,
+    # tests/unit/validate/test_ci_example.py); here: none is left out of the checks
+    scripts = sorted((ROOT / "examples" / "ci").glob("*.sh"))
+    assert {p.name for p in scripts} >= {"deploy-and-gate.sh", "validate-before-apply.sh"}
+    for script in scripts:
+        assert os.access(script, os.X_OK), script
+        subprocess.run(["bash", "-n", str(script)], check=True)
+        if shutil.which("shellcheck"):
+            subprocess.run(["shellcheck", str(script)], check=True)
