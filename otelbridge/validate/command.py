@@ -90,6 +90,8 @@ def _live(address: str, namespaces: list[str], cfg: Config, rules: Rules) -> lis
         address, timeout_s=cfg.source.connect_timeout_s, env_keys=env_keys
     ) as client:
         results = validate_live(client, namespaces, rules, address=address)
+    if any(r.error is not None and not r.target.endswith("/") for r in results):
+        return results  # containerd did not answer: nothing is known of any namespace
     empty = [ns for ns in namespaces if not any(r.target.startswith(f"{ns}/") for r in results)]
     for namespace in empty:
         print(
@@ -129,8 +131,8 @@ def main(args: argparse.Namespace) -> int:
     """Runs the command; returns its exit code (a bad config file raises ConfigError,
     which the command line turns into exit 2)."""
     code, results = run(args)
-    if not results:
-        return code
+    if not results and code == EXIT_UNREADABLE:
+        return code  # bad usage, said on standard error (a namespace with no containers: 0)
     for result in results:
         if result.error is not None:
             line = escape_controls(f"{result.target}: {result.error}")[0]

@@ -350,3 +350,14 @@ def test_live_containers_of_a_namespace(
     finally:
         for cid in (good, bad, plain):
             _remove(containerd, namespace.name, cid)
+
+
+def test_a_namespace_without_containers(containerd: PrivateContainerd) -> None:
+    name = f"t-empty-{uuid.uuid4().hex[:6]}"
+    containerd.ctr("namespaces", "create", name)
+    try:
+        code, report, stderr = validate("--address", containerd.address, "--namespace", name)
+        assert (code, report) == (0, {"targets": []})
+        assert "has no containers" in stderr
+    finally:
+        containerd.ctr("namespaces", "remove", name, check=False)
