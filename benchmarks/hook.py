@@ -96,18 +96,20 @@ def timed_run(cd: PrivateContainerd, image: str, extra: list[str]) -> tuple[str,
 
 def end_to_end(
     cd: PrivateContainerd, image: str, words: list[str], rounds: int, block: int
-) -> dict[bool, dict[str, float]]:
-    """{with the recorder: {container id: ctr run ms}}."""
-    runs: dict[bool, dict[str, float]] = {False: {}, True: {}}
+) -> list[dict[bool, dict[str, float]]]:
+    """Per round: {with the recorder: {container id: ctr run ms}}."""
     for _ in range(2):  # warm-up: caches, the first shim binary load
         timed_run(cd, image, [])
         timed_run(cd, image, words)
+    out = []
     for r in range(rounds):
+        runs: dict[bool, dict[str, float]] = {False: {}, True: {}}
         for recorder in [False, True] if r % 2 == 0 else [True, False]:
             for _ in range(block):
                 cid, ms = timed_run(cd, image, words if recorder else [])
                 runs[recorder][cid] = ms
-    return runs
+        out.append(runs)
+    return out
 
 
 def recorder_alone(binary: Path, runc: Path, root: Path, n: int) -> tuple[float, float]:
@@ -136,16 +138,26 @@ def runc_medians(spool: Path, hooked: list[str]) -> tuple[float, float]:
     return statistics.median(creates or [0.0]), statistics.median(starts or [0.0])
 
 
-def compare(what: str, without: list[float], with_: list[float]) -> None:
+def compare(what: str, rounds: list[dict[bool, list[float]]]) -> None:
+    """Medians of each side, and the median of the rounds' paired differences (the two
+    blocks of a round ran back to back: a slow minute of the machine falls on both)."""
+    without = [ms for r in rounds for ms in r[False]]
+    with_ = [ms for r in rounds for ms in r[True]]
     a, b = statistics.median(without), statistics.median(with_)
-    print(f"  {what}: {a:6.1f} ms without, {b:6.1f} ms with the recorder (medians): "
-          f"{b - a:+.2f} ms per container, ratio {b / a:.3f}")  # fmt: skip
+    paired = statistics.median(
+        statistics.median(r[True]) - statistics.median(r[False])
+        for r in rounds
+        if r[True] and r[False]
+    )
+    print(f"  {what}:")
+    print(f"    {a:6.1f} ms without, {b:6.1f} ms with the recorder (medians, ratio {b / a:.3f});"
+          f" added per container: {b - a:+.2f} ms, paired by round {paired:+.2f} ms")  # fmt: skip
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=6, help="ABBA rounds (default 6)")
-    parser.add_argument("--block", type=int, default=8, help="containers per block (default 8)")
+    parser.add_argument("--rounds", type=int, default=10, help="ABBA rounds (default 10)")
+    parser.add_argument("--block", type=int, default=6, help="containers per block (default 6)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="obhook-") as tmp:
         base = Path(tmp)
@@ -159,19 +171,22 @@ def main() -> None:
             runs = end_to_end(cd, image, words, args.rounds, args.block)
             time.sleep(0.5)
             events.close()
-            create_ms, start_ms = runc_medians(spool, list(runs[True]))
+            create_ms, start_ms = runc_medians(spool, [c for r in runs for c in r[True]])
         runc = install.find_runc()
         direct, wrapped = recorder_alone(binary, runc, base / "runc-root" / NS, 200)
 
-    latency = {
-        mode: [ms for cid in ids if (ms := events.start_latency_ms(cid)) is not None]
-        for mode, ids in runs.items()
-    }
-    n = len(runs[False])
+    latency = [
+        {
+            mode: [ms for cid in ids if (ms := events.start_latency_ms(cid)) is not None]
+            for mode, ids in r.items()
+        }
+        for r in runs
+    ]
+    wall = [{mode: list(ids.values()) for mode, ids in r.items()} for r in runs]
+    n = sum(len(r[False]) for r in runs)
     print(f"ctr run --rm /bin/true, {n} containers each way, {args.rounds} ABBA rounds:")
-    compare("start latency (/containers/create -> /tasks/start; bar: < 5 ms added)",
-            latency[False], latency[True])  # fmt: skip
-    compare("whole ctr run --rm", list(runs[False].values()), list(runs[True].values()))
+    compare("start latency, /containers/create -> /tasks/start (bar: < 5 ms added)", latency)
+    compare("the whole ctr run --rm", wall)
     print("the recorder alone (a failing `runc start`, 200 calls each, median):")
     print(f"  runc {direct:.2f} ms, through the recorder {wrapped:.2f} ms: {wrapped - direct:+.2f}"
           " ms per recorded runc call (two per container start: create and start)")  # fmt: skip
