@@ -27,6 +27,7 @@ import re
 import shlex
 import statistics
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -48,7 +49,7 @@ _ID = re.compile(r'"(?:id|container_id)":"([A-Za-z0-9._-]+)"')
 
 def ctr_words(spool: Path, install_dir: Path) -> list[str]:
     done = subprocess.run(
-        ["otelbridge", "hook", "print-config", "--spool", str(spool),
+        [sys.executable, "-m", "otelbridge", "hook", "print-config", "--spool", str(spool),
          "--install-dir", str(install_dir), "--format", "ctr"],
         capture_output=True, text=True, check=True, timeout=120,
     )  # fmt: skip
