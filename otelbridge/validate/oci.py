@@ -24,9 +24,11 @@ of a field these rules name is ``oci.field_type``: a Go runtime cannot decode it
 
 Then the contract (:mod:`otelbridge.validate.contract`) on what the bridge reads from a
 non-CRI container: the OCI annotations (trace context, readiness target, limits) and
-``process.env`` (``TRACEPARENT``/``TRACESTATE``). A bundle of a CRI app container
-(``io.kubernetes.cri.container-type=container``) follows its pod's trace context: no
-traceparent is required of it.
+``process.env`` (``TRACEPARENT``/``TRACESTATE``). A bundle of a CRI container
+(``io.kubernetes.cri.container-type`` set) is not required to carry a traceparent: an app
+container follows its pod's trace context, and the pod's own lives in its metadata (the
+sandbox record, not its config.json): validate the manifest, or the live pod. A
+traceparent that is present is still checked.
 
 :func:`validate_spec` never raises on any value ``json.loads`` can return.
 """
@@ -487,13 +489,13 @@ def validate_spec(
         return problems
     carriers = spec_carriers(spec)
     annotations = carriers[0]
-    cri_app = annotations.values.get(CRI_TYPE) == "container"
+    cri = CRI_TYPE in annotations.values
     problems += check_trace(
         carriers,
         rules,
         namespace=namespace,
         missing_path="annotations",
-        required=False if cri_app else None,
+        required=False if cri else None,
     )
     problems += _env_duplicates(spec, rules)
     problems += check_readiness_target([annotations], rules)

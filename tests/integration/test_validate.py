@@ -361,3 +361,62 @@ def test_a_namespace_without_containers(containerd: PrivateContainerd) -> None:
         assert "has no containers" in stderr
     finally:
         containerd.ctr("namespaces", "remove", name, check=False)
+
+
+def test_a_cri_pod_live_and_its_bundles(
+    containerd: PrivateContainerd, image_tar: Path, tmp_path: Path
+) -> None:
+    """A pod run through containerd's CRI plugin as a kubelet would (no kubelet here:
+    otelbridge.testing.cri): the bundles containerd wrote for its sandbox and container
+    pass even where a traceparent is required (a pod's lives in its metadata); live, its
+    pod annotation is read from the sandbox record and an invalid one is flagged."""
+    from otelbridge.testing.cri import (  # noqa: PLC0415
+        CRI_NAMESPACE,
+        ContainerSpec,
+        CriClient,
+        import_cri_images,
+    )
+
+    busybox = import_cri_images(containerd, image_tar.parent)
+    uid = str(uuid.uuid4())
+    app = ContainerSpec(
+        "app",
+        busybox,
+        command=("/bin/sh", "-c", "sleep 300"),
+        annotations={"otelbridge.io/readiness": "ftp://127.0.0.1:21"},
+    )
+    config = tmp_path / "otelbridge.toml"
+    config.write_text('[validate]\nrequire_trace_context = ["*"]\n', encoding="utf-8")
+    with CriClient(containerd.address) as cri:
+        pod = cri.run_pod(
+            f"val-{uid[:6]}",
+            "shop",
+            uid,
+            annotations={"tracing.k8s.io/traceparent": "ff" + TRACEPARENT[2:]},
+            containers=[app],
+        )
+        try:
+            state = containerd.base_dir / "state" / "io.containerd.runtime.v2.task"
+            bundles = [
+                str(state / CRI_NAMESPACE / cid) for cid in (pod.sandbox_id, *pod.container_ids)
+            ]
+            code, report, _ = validate("--config", str(config), "-n", CRI_NAMESPACE, *bundles)
+            assert code == 0, report
+            code, report, _ = validate(
+                "--config", str(config), "--address", containerd.address, "-n", CRI_NAMESPACE
+            )
+            by_target = {t["target"]: t["problems"] for t in report["targets"]}
+            sandbox = by_target[f"{CRI_NAMESPACE}/{pod.sandbox_id}"]
+            assert [(p["path"], p["code"]) for p in sandbox] == [
+                (
+                    "pod.metadata.annotations.tracing.k8s.io/traceparent",
+                    "traceparent.version_forbidden",
+                )
+            ]
+            container = by_target[f"{CRI_NAMESPACE}/{pod.container_ids[0]}"]
+            assert [(p["path"], p["code"]) for p in container] == [
+                ("cri.annotations.otelbridge.io/readiness", "readiness.target_invalid")
+            ]
+            assert code == 1
+        finally:
+            cri.remove_pod(pod.sandbox_id)

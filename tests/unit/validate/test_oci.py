@@ -213,6 +213,13 @@ def test_a_cri_app_container_follows_its_pod() -> None:
     doc = spec(annotations={"io.kubernetes.cri.container-type": "container"})
     assert validate_spec(doc, namespace="k8s.io", rules=required) == []
     doc["annotations"]["io.kubernetes.cri.container-type"] = "sandbox"
+    assert validate_spec(doc, namespace="k8s.io", rules=required) == []  # in the pod's metadata
+    doc["annotations"]["traceparent"] = "ff" + TRACEPARENT[2:]
+    assert codes(validate_spec(doc, namespace="k8s.io", rules=required)) == [
+        "traceparent.version_forbidden"
+    ]
+    doc["annotations"].pop("io.kubernetes.cri.container-type")
+    doc["annotations"].pop("traceparent")
     assert codes(validate_spec(doc, namespace="k8s.io", rules=required)) == ["trace.missing"]
 
 
