@@ -61,16 +61,22 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "a directory of manifests, or - for manifests on standard input",
     )
     parser.add_argument(
-        "--config", "-c", type=Path, help="TOML config file (the bridge's: its rules apply)"
+        "--config",
+        "-c",
+        type=Path,
+        metavar="FILE",
+        help="TOML config file (the bridge's: its rules apply)",
     )
     parser.add_argument(
         "--address",
         "-a",
+        metavar="SOCK",
         help="check the live containers of --namespace at this containerd socket",
     )
     parser.add_argument(
         "--namespace",
         "-n",
+        metavar="NS",
         action="append",
         default=[],
         help="live: a containerd namespace to check (repeatable); with PATHs: the namespace "
