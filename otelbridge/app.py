@@ -266,6 +266,7 @@ def build_live_bridge(
             on_measured=on_measured,
             decide_every_start=record_verdicts,
         )
+        _name_the_node(pipeline, exporting)
         return Bridge(
             client,
             source,
@@ -305,6 +306,7 @@ def build_live_bridge(
         decide_every_start=record_verdicts,
     )
     source.resume_from(pipeline.restore())
+    _name_the_node(pipeline, exporting)
     janitor = _runtime_phases(config, pipeline, counters, clock)
     return Bridge(
         client, source, pipeline, delivery, counters, store, bridge_metrics, hook_spool=janitor
@@ -321,6 +323,13 @@ def _runtime_phases(
     spool = Spool(Path(config.runtime.hook_spool), counters, followed=config.source.namespaces)
     pipeline.emitter.on_spans = RuntimePhases(spool, counters).attach
     return SpoolJanitor(spool, clock)
+
+
+def _name_the_node(pipeline: Pipeline, exporting: Exporting) -> None:
+    """``/v1/sla`` says which bridge answers: its resource (host, node, cluster)."""
+    pipeline.sla.resource = {
+        kv.key: kv.value.string_value for kv in exporting.resource.attributes
+    }
 
 
 # -- replay ------------------------------------------------------------------------------------

@@ -164,6 +164,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sla.add_argument("--output", "-o", metavar="FILE", help="where --html writes the report")
     sla.add_argument(
+        "--trace-url",
+        metavar="TEMPLATE",
+        help="link trace IDs in the HTML report to Jaeger, Tempo or Grafana: a URL with "
+        "{trace_id}, e.g. http://localhost:16686/trace/{trace_id} "
+        "(default: $OTELBRIDGE_TRACE_URL; none: IDs only)",
+    )
+    sla.add_argument(
         "--json", action="store_true", help="print the verdict JSON (/v1/sla's shape) instead"
     )
     for name, help_text, module in (
@@ -456,6 +463,10 @@ def cmd_sla(args: argparse.Namespace) -> int:
 
     cfg = _config(args)
     generated_at_ns = time.time_ns()
+    html = _html_path(args)
+    trace_url = args.trace_url or os.environ.get("OTELBRIDGE_TRACE_URL", "").strip() or None
+    if trace_url is not None:
+        report.check_trace_url(trace_url)
     if args.spans is not None:
         rep = report.read_span_file(
             args.spans,
@@ -475,10 +486,12 @@ def cmd_sla(args: argparse.Namespace) -> int:
             report.sla_url(args.from_url, addr),
             generated_at_ns=generated_at_ns,
             namespaces=cfg.source.namespaces,
+            samples=bool(html),
         )
-    html = _html_path(args)
+    # how many failed startups are too many is the rollout gate's rule, from this config
+    rep = dataclasses.replace(rep, failed_max_ratio=cfg.gate.max_failed_ratio)
     if html:
-        report.write_html(rep, html)
+        report.write_html(rep, html, trace_url=trace_url)
     if args.json:
         print(json.dumps(rep.verdict_json, indent=1))
     else:

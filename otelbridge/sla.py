@@ -30,7 +30,7 @@ from typing import Any, Final
 
 from otelbridge.core.clock import Clock
 from otelbridge.core.config import SlaConfig
-from otelbridge.core.model import Outcome, StartupRecord
+from otelbridge.core.model import FAILED_OUTCOMES, Outcome, StartupRecord
 
 STARTUP_DURATION: Final = "startup_duration"
 SHIM_LAUNCH_TIME: Final = "shim_launch_time"
@@ -41,6 +41,10 @@ DURATIONS: Final = (STARTUP_DURATION, SHIM_LAUNCH_TIME, TASK_CREATE_TO_READY)
 
 _NS = 1_000_000_000
 _MAX_SAMPLES = 20_000  # per namespace and window: bounds memory under a flood
+#: ``/v1/sla?samples=1``: how many of the slowest startups, and of the latest failed
+#: ones, each namespace lists
+SLOWEST: Final = 10
+FAILED_LISTED: Final = 50
 
 
 class Verdict(enum.Enum):
@@ -136,11 +140,80 @@ def overall(verdicts: Iterable[str]) -> str:
     return Verdict.PASS.value
 
 
+@dataclass(frozen=True, slots=True)
+class StartupFacts:
+    """What the detailed ``/v1/sla`` tells of one startup: who it was, its trace, how it
+    ended and why, and the moments its phases are drawn from."""
+
+    container_id: str
+    label: str
+    trace_id: str
+    outcome: str
+    partial: bool
+    reason: str
+    start_ns: int
+    end_ns: int
+    phases: tuple[tuple[str, int, int, bool], ...]  # (name, begin_ns, end_ns, complete)
+    breached: tuple[str, ...]
+
+    @classmethod
+    def of(
+        cls,
+        record: StartupRecord,
+        measured: Mapping[str, float],
+        limits: Mapping[str, float],
+        *,
+        label: str,
+        trace_id: str,
+        reason: str,
+    ) -> StartupFacts:
+        phases, _missing = record.phase_bounds()
+        return cls(
+            container_id=record.key.id,
+            label=label,
+            trace_id=trace_id,
+            outcome=record.outcome.value if record.outcome is not None else "",
+            partial=record.partial,
+            reason=reason,
+            start_ns=record.start_ns,
+            end_ns=record.end_ns if record.end_ns is not None else record.start_ns,
+            phases=tuple(phases),
+            breached=tuple(breached(measured, limits)),
+        )
+
+    @property
+    def total_ns(self) -> int:
+        return self.end_ns - self.start_ns
+
+    def to_json(self) -> dict[str, Any]:
+        """One entry of ``slowest`` or ``failed`` (docs/sla.md)."""
+        return {
+            "container_id": self.container_id,
+            "label": self.label,
+            "trace_id": self.trace_id,
+            "outcome": self.outcome,
+            "partial": self.partial,
+            "reason": self.reason,
+            "total_s": self.total_ns / _NS,
+            "breached": list(self.breached),
+            "phases": [
+                {
+                    "name": name,
+                    "offset_s": (begin - self.start_ns) / _NS,
+                    "duration_s": (end - begin) / _NS,
+                    "complete": complete,
+                }
+                for name, begin, end, complete in self.phases
+            ],
+        }
+
+
 @dataclass(slots=True)
 class _Sample:
     at_ns: int  # the clock time it was observed
     traced: bool
     values: dict[str, float]
+    facts: StartupFacts | None = None
 
 
 class SlaTracker:
@@ -156,14 +229,30 @@ class SlaTracker:
         self._lock = threading.Lock()
         self.extra: list[Any] = []
         """Callables ``(namespace) -> dict`` adding figures to each namespace (GC)."""
+        self.resource: dict[str, str] = {}
+        """The bridge's resource attributes (node, cluster), shown by the report."""
 
     @property
     def limits(self) -> dict[str, float]:
         return dict(self._limits)
 
-    def observe(self, record: StartupRecord, measured: Mapping[str, float]) -> None:
+    def observe(
+        self,
+        record: StartupRecord,
+        measured: Mapping[str, float],
+        *,
+        label: str = "",
+        trace_id: str = "",
+        reason: str = "",
+    ) -> None:
+        """Counts one completed startup in its namespace's window. ``label``,
+        ``trace_id`` and ``reason`` (its span's status message) are what the detailed
+        snapshot lists it by."""
         namespace = record.key.namespace
-        sample = _Sample(self._clock.now_ns(), not record.partial, dict(measured))
+        facts = StartupFacts.of(
+            record, measured, self._limits, label=label, trace_id=trace_id, reason=reason
+        )
+        sample = _Sample(self._clock.now_ns(), not record.partial, dict(measured), facts)
         with self._lock:
             window = self._windows.setdefault(namespace, deque(maxlen=_MAX_SAMPLES))
             window.append(sample)
@@ -172,8 +261,10 @@ class SlaTracker:
         while window and window[0].at_ns <= now - self._window_ns:
             window.popleft()
 
-    def snapshot(self) -> dict[str, Any]:
-        """The verdicts of every namespace seen (JSON-ready; the ``/v1/sla`` answer)."""
+    def snapshot(self, *, detail: bool = False) -> dict[str, Any]:
+        """The verdicts of every namespace seen (JSON-ready; the ``/v1/sla`` answer).
+        With ``detail`` (``/v1/sla?samples=1``) each namespace also lists its samples,
+        outcomes, slowest and latest failed startups: what the report's charts draw."""
         now = self._clock.now_ns()
         cfg = self._cfg
         with self._lock:
@@ -185,7 +276,10 @@ class SlaTracker:
         for namespace, figures in namespaces.items():
             for extra in self.extra:
                 figures.update(extra(namespace))
+            if detail:
+                figures.update(_detail(windows[namespace]))
         return {
+            **({"resource": dict(self.resource)} if self.resource else {}),
             "window_s": cfg.window_s,
             "min_samples": cfg.min_samples,
             "budgets": {
@@ -216,3 +310,22 @@ class SlaTracker:
             "coverage_verdict": covered,
             "budgets": judged,
         }
+
+
+def _detail(samples: Sequence[_Sample]) -> dict[str, Any]:
+    """A window's samples as the report charts them (see :meth:`SlaTracker.snapshot`)."""
+    outcomes: dict[str, int] = {}
+    facts = [s.facts for s in samples if s.facts is not None]
+    for f in facts:
+        outcomes[f.outcome or "?"] = outcomes.get(f.outcome or "?", 0) + 1
+    slowest = sorted(facts, key=lambda f: f.total_ns, reverse=True)[:SLOWEST]
+    failed = [f for f in facts if f.outcome in FAILED_OUTCOMES]
+    return {
+        "samples": {
+            name: [s.values[name] for s in samples if name in s.values] for name in DURATIONS
+        },
+        "outcomes": outcomes,
+        "slowest": [f.to_json() for f in slowest],
+        "failed": [f.to_json() for f in failed[-FAILED_LISTED:]],
+        "failed_total": len(failed),
+    }

@@ -9,8 +9,11 @@ describe the node's workloads. Read-only, GET only.
 | ``/healthz`` | 200 ``ok`` when ``health()`` reports no problem, else 503, one problem a line |
 | ``/readyz`` | the same with ``readiness()`` (e.g. not subscribed to containerd yet) |
 | ``/v1/counters`` | the bridge's counters as JSON |
-| ``/v1/sla`` | the SLA verdicts per namespace as JSON (:mod:`otelbridge.sla`) |
+| ``/v1/sla`` | the SLA verdicts per namespace as JSON (:mod:`otelbridge.sla`); see below |
 | ``/metrics`` | the bridge's metrics in the Prometheus text format (``otelbridge run``) |
+
+``/v1/sla?samples=1`` adds, per namespace, the samples and startups behind the verdicts
+(what the report's charts draw).
 
 Routes beyond the first four are added by whoever serves them (``routes``). A check or
 route that raises answers 500 and is logged; the server keeps serving.
@@ -85,6 +88,11 @@ def _check(problems_now: Check) -> httpd.Handler:
     return handler
 
 
+def _wants_detail(request: httpd.Request) -> bool:
+    """``?samples=1`` (or ``true``): the samples and startups behind the verdicts."""
+    return (request.arg("samples") or "").lower() in ("1", "true", "yes")
+
+
 def _route(route: Route) -> httpd.Handler:
     def handler(_request: httpd.Request) -> Response:
         code, data, kind = route()
@@ -103,7 +111,7 @@ class StatusServer:
         *,
         health: Check,
         readiness: Check,
-        sla: Callable[[], dict[str, Any]] | None = None,
+        sla: Callable[..., dict[str, Any]] | None = None,
         routes: dict[str, Route] | None = None,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S,
@@ -122,7 +130,7 @@ class StatusServer:
             "/v1/counters": lambda _r: Response.json(200, counters.snapshot()),
         }
         if sla is not None:
-            table["/v1/sla"] = lambda _r: Response.json(200, sla())
+            table["/v1/sla"] = lambda r: Response.json(200, sla(detail=_wants_detail(r)))
         table.update({path: _route(route) for path, route in (routes or {}).items()})
         self._server = HttpServer(
             addr,

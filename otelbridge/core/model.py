@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import NamedTuple
 
+from otelbridge.core import semconv
 from otelbridge.core.tracecontext import Resolution, TraceContext
 
 EMPTY_MAP: Mapping[str, str] = MappingProxyType({})
@@ -215,6 +216,34 @@ class Outcome(enum.Enum):
     NOT_READY = "not_ready"  # its readiness source gave up (a probe past its deadline)
 
 
+#: The outcomes that count as a failed startup: the rollout gate's ``max_failed_ratio``
+#: and the report's failed startups (a deleted container was stopped on purpose; a
+#: reconciled or incomplete one is partial, not failed).
+FAILED_OUTCOMES: frozenset[str] = frozenset(
+    {Outcome.EXITED.value, Outcome.TIMEOUT.value, Outcome.NOT_READY.value}
+)
+
+
+class PhaseBound(NamedTuple):
+    """One phase of a startup: its span name and time range; ``complete`` is false for
+    the phase a failed startup stopped in."""
+
+    name: str
+    begin_ns: int
+    end_ns: int
+    complete: bool
+
+
+#: The phase spans of a startup in order: (span name, index of the moment that begins it
+#: and of the one that ends it in :meth:`StartupRecord.moments`).
+PHASES: tuple[tuple[str, int, int], ...] = (
+    (semconv.SPAN_CONTAINER_CREATE, 0, 1),
+    (semconv.SPAN_SHIM_LAUNCH, 1, 2),
+    (semconv.SPAN_TASK_START, 2, 3),
+    (semconv.SPAN_READINESS_WAIT, 3, 4),
+)
+
+
 class ReadySignal(NamedTuple):
     """A readiness source's verdict on one startup: ready at ``at_ns`` (the bridge's
     clock: containerd has no "ready" event), or, with ``ok`` false, given up on."""
@@ -257,6 +286,40 @@ class StartupRecord:
     failure: str = ""  # why the readiness source gave up (outcome not_ready)
     oom_ns: list[int] = field(default_factory=list)
     info: ContainerInfo | None = None
+
+    def moments(self) -> tuple[int | None, ...]:
+        """The five moments that bound the four :data:`PHASES`, in order."""
+        return (
+            self.snapshot_prepare_ns,
+            self.container_create_ns,
+            self.task_create_ns,
+            self.task_start_ns,
+            self.ready_ns,
+        )
+
+    def phase_bounds(self) -> tuple[list[PhaseBound], list[str]]:
+        """The phases this startup has, in order, and the names of those it lacks.
+
+        A phase whose first moment was not seen is missing. One whose last moment was not
+        seen is missing too when the startup became ready (the event was missed), else it
+        is the phase the startup failed in: it ends with the startup, incomplete, and no
+        later phase began. An end before its begin (a replay out of order) is clamped."""
+        times = self.moments()
+        end_ns = self.end_ns if self.end_ns is not None else self.start_ns
+        found: list[PhaseBound] = []
+        missing: list[str] = []
+        for name, i, j in PHASES:
+            begin, finish = times[i], times[j]
+            if begin is None:
+                missing.append(name)
+            elif finish is not None:
+                found.append(PhaseBound(name, begin, max(finish, begin), True))
+            elif self.outcome is Outcome.READY:
+                missing.append(name)
+            else:
+                found.append(PhaseBound(name, begin, max(end_ns, begin), False))
+                break  # later phases never began
+        return found, missing
 
     @property
     def start_ns(self) -> int:
@@ -333,3 +396,16 @@ class ReclaimRecord:
 SourceItem = RawEnvelope | ReconcileSnapshot | ReadySignal
 """What the event thread processes, in order: containerd's envelopes, listings of it, and
 readiness verdicts."""
+
+
+def startup_label(attributes: Mapping[str, object]) -> str:
+    """How a startup is called for people, from its span attributes: ``pod/container``,
+    ``pod (sandbox)`` for a pod's sandbox, else the container's name or id."""
+    pod = attributes.get(semconv.K8S_POD_NAME)
+    container = attributes.get(semconv.K8S_CONTAINER_NAME)
+    if pod and container:
+        return f"{pod}/{container}"
+    if pod:
+        return f"{pod} (sandbox)"
+    name = attributes.get(semconv.CONTAINER_NAME) or attributes.get(semconv.CONTAINER_ID)
+    return str(name or "?")

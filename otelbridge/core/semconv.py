@@ -53,6 +53,7 @@ EVENT_NAMES: Final = (EVENT_OOM,)
 SERVICE_NAME: Final = "service.name"
 HOST_NAME: Final = "host.name"
 K8S_NODE_NAME: Final = "k8s.node.name"
+K8S_CLUSTER_NAME: Final = "k8s.cluster.name"  # read from resources, never set by us
 DEFAULT_SERVICE_NAME: Final = "containerd"
 
 # -- span attributes: semantic conventions ------------------------------------------------------

@@ -28,7 +28,13 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 from otelbridge.core import ids, semconv
 from otelbridge.core.ids import pod_parent
-from otelbridge.core.model import AttrValue, Enrichment, Outcome, PodContext, StartupRecord
+from otelbridge.core.model import (
+    AttrValue,
+    Enrichment,
+    Outcome,
+    PodContext,
+    StartupRecord,
+)
 from otelbridge.core.tracecontext import TraceContext
 
 _HAS_IS_REMOTE = 0x100  # SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE_MASK
@@ -36,14 +42,6 @@ _IS_REMOTE = 0x200  # SPAN_FLAGS_CONTEXT_IS_REMOTE_MASK
 _SAMPLED = 0x01
 _INTERNAL = Span.SpanKind.SPAN_KIND_INTERNAL
 _ERROR = Status.StatusCode.STATUS_CODE_ERROR
-
-#: (span name, index of its start and end in StartupRecord.phase_times())
-PHASES: tuple[tuple[str, int, int], ...] = (
-    (semconv.SPAN_CONTAINER_CREATE, 0, 1),
-    (semconv.SPAN_SHIM_LAUNCH, 1, 2),
-    (semconv.SPAN_TASK_START, 2, 3),
-    (semconv.SPAN_READINESS_WAIT, 3, 4),
-)
 
 _OUTCOME_ERRORS = {
     Outcome.EXITED: "the task exited before the container was ready",
@@ -96,17 +94,6 @@ def cached_kv(key: str, value: AttrValue) -> KeyValue:
     return found
 
 
-def phase_times(rec: StartupRecord) -> tuple[int | None, ...]:
-    """The five moments that bound the four phases, in order."""
-    return (
-        rec.snapshot_prepare_ns,
-        rec.container_create_ns,
-        rec.task_create_ns,
-        rec.task_start_ns,
-        rec.ready_ns,
-    )
-
-
 def build_startup_spans(rec: StartupRecord, enrichment: Enrichment) -> list[Span]:
     """The spans of one completed startup: ``container.startup`` first, then its phases.
 
@@ -135,41 +122,26 @@ def build_startup_spans(rec: StartupRecord, enrichment: Enrichment) -> list[Span
     end_ns = rec.end_ns if rec.end_ns is not None else rec.start_ns
     start_ns = rec.start_ns
 
-    times = phase_times(rec)
+    phases, missing = rec.phase_bounds()
     phase_attrs = [cached_kv(k, v) for k, v in enrichment.phase_attributes]
-    children: list[Span] = []
-    missing: list[str] = []
-    for name, i, j in PHASES:
-        begin, finish = times[i], times[j]
-        if begin is None:
-            missing.append(name)
-            continue
-        status = None
-        if finish is not None:
-            finish = max(finish, begin)  # a replayed file may be out of order
-        elif rec.outcome is Outcome.READY:
-            missing.append(name)
-            continue
-        else:
-            finish = max(end_ns, begin)
-            status = Status(code=_ERROR, message=f"{name} did not complete")
-        children.append(
-            Span(
-                trace_id=trace_id,
-                span_id=ids.span_id(identity, name),
-                parent_span_id=root_id,
-                trace_state=trace_state,
-                flags=child_flags,
-                name=name,
-                kind=_INTERNAL,
-                start_time_unix_nano=begin,
-                end_time_unix_nano=finish,
-                attributes=phase_attrs,
-                status=status,
-            )
+    children: list[Span] = [
+        Span(
+            trace_id=trace_id,
+            span_id=ids.span_id(identity, phase.name),
+            parent_span_id=root_id,
+            trace_state=trace_state,
+            flags=child_flags,
+            name=phase.name,
+            kind=_INTERNAL,
+            start_time_unix_nano=phase.begin_ns,
+            end_time_unix_nano=phase.end_ns,
+            attributes=phase_attrs,
+            status=None
+            if phase.complete
+            else Status(code=_ERROR, message=f"{phase.name} did not complete"),
         )
-        if status is not None:
-            break  # later phases never began
+        for phase in phases
+    ]
 
     attrs = [cached_kv(k, v) for k, v in enrichment.attributes]
     if missing:

@@ -21,7 +21,7 @@ from otelbridge.core import semconv
 from otelbridge.core.config import EnrichConfig
 from otelbridge.core.counters import Counters
 from otelbridge.core.logutil import ThrottledLogger
-from otelbridge.core.model import ReclaimRecord, StartupRecord
+from otelbridge.core.model import ReclaimRecord, StartupRecord, startup_label
 from otelbridge.correlate.gc import GcTracker
 from otelbridge.correlate.pods import PodStartup, PodTracker
 from otelbridge.emit.reclaim import build_reclaim_span
@@ -85,7 +85,14 @@ class Emitter:
             spans = build_startup_spans(record, enrichment)
             if self.on_spans is not None:
                 self.on_spans(record, spans)
-            self._sla.observe(record, measured)
+            root = spans[0]  # container.startup comes first
+            self._sla.observe(
+                record,
+                measured,
+                label=startup_label(dict(enrichment.attributes)),
+                trace_id=root.trace_id.hex(),
+                reason=root.status.message,
+            )
             if self._on_measured is not None:
                 self._on_measured(record, measured)
             self._counters.inc(semconv.SPANS_EMITTED, len(spans))

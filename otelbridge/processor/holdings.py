@@ -14,17 +14,13 @@ from __future__ import annotations
 from typing import Any, Final
 
 from otelbridge.core import semconv
+from otelbridge.core.model import PHASES as STARTUP_PHASES
 from otelbridge.processor.sketch import Durations
 from otelbridge.processor.verdict import Counts
 
 # kinds of facts (the store's ``kind`` column: never renumber)
 STARTUP: Final = 0
-PHASES: Final = (  # kind = 1 + index
-    semconv.SPAN_CONTAINER_CREATE,
-    semconv.SPAN_SHIM_LAUNCH,
-    semconv.SPAN_TASK_START,
-    semconv.SPAN_READINESS_WAIT,
-)
+PHASES: Final = tuple(name for name, _, _ in STARTUP_PHASES)  # kind = 1 + index
 POD: Final = 5
 ROLLOUT: Final = 6
 KINDS: Final = {

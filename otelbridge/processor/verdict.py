@@ -40,15 +40,13 @@ from typing import Any, Final
 
 from otelbridge import sla
 from otelbridge.core.config import Config
+from otelbridge.core.model import FAILED_OUTCOMES
 from otelbridge.processor.sketch import Durations
 
 PASS: Final = "pass"
 HALT: Final = "halt"
 INSUFFICIENT: Final = "insufficient"
 VERDICTS: Final = (PASS, HALT, INSUFFICIENT)
-
-#: outcomes of ``otelbridge.startup.outcome`` that count as a failed startup
-FAILED_OUTCOMES: Final = frozenset({"exited", "timeout", "not_ready"})
 
 _SLOWEST_KEYS: Final = frozenset(
     {

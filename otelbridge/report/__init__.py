@@ -3,7 +3,7 @@
 A :class:`Report` is built from one of two sources:
 
 * a running bridge's ``GET /v1/sla`` (:func:`from_bridge`): the verdicts and figures of its
-  rolling window, nothing more;
+  rolling window, and with ``samples`` the samples and startups the charts draw;
 * a jsonl span file (:func:`read_span_file`, or :func:`from_spans` on spans already read):
   the startups are rebuilt from their spans and judged here, by the functions of
   :mod:`otelbridge.sla` with the config's budgets, over the whole file; the raw durations
@@ -19,6 +19,7 @@ Errors of the sources and of writing are :class:`ReportError`, one line each.
 from __future__ import annotations
 
 from otelbridge.report.bridge import from_bridge, sla_url
+from otelbridge.report.htmlbits import check_trace_url
 from otelbridge.report.model import (
     BudgetResult,
     GcFigures,
@@ -42,6 +43,7 @@ __all__ = [
     "ReportError",
     "Spread",
     "StartupBars",
+    "check_trace_url",
     "collect",
     "from_bridge",
     "from_spans",

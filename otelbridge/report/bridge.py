@@ -1,7 +1,9 @@
 """Source (a): a running bridge's status API, ``GET http://HOST:PORT/v1/sla``.
 
-That answer is verdicts and numbers only (no samples, no phases): a report built from it
-has no histograms or waterfalls, and says so.
+That answer is verdicts and numbers; asked with ``?samples=1`` (the HTML report does) it
+also carries the samples of the window and its slowest and failed startups with their
+phases, so the report draws the same charts as from a span file. A bridge that does not
+give them (an older one) makes a report without charts, which says so.
 """
 
 from __future__ import annotations
@@ -94,15 +96,25 @@ def fetch_json(url: str, *, timeout_s: float = 5.0) -> Any:
         raise ReportError(f"{url} did not answer JSON: {exc}") from exc
 
 
+def with_samples(url: str) -> str:
+    """``url`` asking for the samples and startups behind the verdicts (``?samples=1``)."""
+    parts = urllib.parse.urlsplit(url)
+    query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+    query = [(k, v) for k, v in query if k != "samples"] + [("samples", "1")]
+    return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))
+
+
 def from_bridge(
     url: str,
     *,
     generated_at_ns: int,
     namespaces: Collection[str] = (),
     timeout_s: float = 5.0,
+    samples: bool = False,
 ) -> Report:
-    """The report of a running bridge's verdicts. Raises :class:`ReportError`."""
-    obj = fetch_json(url, timeout_s=timeout_s)
+    """The report of a running bridge's verdicts; with ``samples``, also the samples
+    and startups behind them (what the charts draw). Raises :class:`ReportError`."""
+    obj = fetch_json(with_samples(url) if samples else url, timeout_s=timeout_s)
     try:
         return report_from_json(
             obj, kind="api", source=url, generated_at_ns=generated_at_ns, namespaces=namespaces

@@ -116,23 +116,58 @@ def _margins(fig: Figure, *, left: float, right: float, top: float, bottom: floa
     )
 
 
-def _line_label(
-    ax: Axes, x: float, lo: float, hi: float, text: str, *, y: float, bold: bool
-) -> None:
-    """Labels a vertical line on a log axis, on the side where the text fits."""
-    where = (math.log(x) - math.log(lo)) / (math.log(hi) - math.log(lo))
-    left = where > 0.6
-    ax.text(
-        x,
-        y,
-        f"{text} " if left else f" {text}",
-        transform=ax.get_xaxis_transform(),
-        ha="right" if left else "left",
-        va="top",
-        fontsize=8.5 if bold else 8,
-        fontweight="bold" if bold else "normal",
-        color=VERDICT_COLORS["breach"] if bold else _INK,
-    )
+def _line_labels(ax: Axes, lo: float, hi: float, lines: Sequence[tuple[float, str, bool]]) -> None:
+    """Labels the vertical lines of a log axis (``(x, text, bold)``: the budget in bold)
+    in the free band above the bars, next to its line, so that no label crosses the
+    other line or another label; when one row cannot hold both, the second goes a row
+    lower."""
+
+    def at(x: float) -> float:
+        return (math.log(x) - math.log(lo)) / (math.log(hi) - math.log(lo))
+
+    def span(x: float, text: str, side: str) -> tuple[float, float]:
+        width = 0.018 * (len(text) + 1)  # an 8-point character on the chart's width
+        return (at(x), at(x) + width) if side == "left" else (at(x) - width, at(x))
+
+    def fits(x: float, text: str, side: str, others: Sequence[float]) -> bool:
+        a, b = span(x, text, side)
+        return a >= 0 and b <= 1 and not any(a < at(o) < b for o in others)
+
+    placed: list[tuple[float, str, bool, str, float]] = []
+    taken: list[tuple[float, float]] = []
+    for x, text, bold in sorted(lines, key=lambda line: line[0]):
+        others = [o for o, _, _ in lines if o != x]
+        sides = [side for side in ("right", "left") if fits(x, text, side, others)] or [
+            "right" if at(x) > 0.5 else "left"
+        ]
+        row = 0.97
+        for side in sides:
+            a, b = span(x, text, side)
+            if all(b <= c or a >= d for c, d in taken):
+                break
+        else:
+            side, row = sides[0], 0.86  # a row lower: the headroom holds two
+            a, b = span(x, text, side)
+            crossed = [o for o in others if a < at(o) < b]
+            anchor = x
+            if crossed:  # end the label at the line it would cross, under that one's
+                anchor = min(crossed) if side == "right" else max(crossed)
+            placed.append((anchor, text, bold, side, row))
+            continue
+        taken.append((a, b))
+        placed.append((x, text, bold, side, row))
+    for x, text, bold, side, row in placed:
+        ax.text(
+            x,
+            row,
+            f"{text} " if side == "right" else f" {text}",
+            transform=ax.get_xaxis_transform(),
+            ha=side,
+            va="top",
+            fontsize=8.5 if bold else 8,
+            fontweight="bold" if bold else "normal",
+            color=VERDICT_COLORS["breach"] if bold else _INK,
+        )
 
 
 def histogram(
@@ -170,15 +205,17 @@ def histogram(
         if math.log10(hi / lo) < 2.5:  # few decades: label 2x and 5x too
             ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
         ax.set_xlim(lo, hi)
-        ax.set_ylim(0, max(int((within + over).max()), 1) * 1.3)
+        # the top quarter stays free for the line labels
+        ax.set_ylim(0, max(int((within + over).max()), 1) * 1.45)
         ax.set_ylabel("startups")
         ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         ax.axvline(budget_s, color=VERDICT_COLORS["breach"], ls="--", lw=1.6)
-        _line_label(ax, budget_s, lo, hi, f"budget {fmt.budget(budget_s)}", y=0.97, bold=True)
+        labels = [(budget_s, f"budget {fmt.budget(budget_s)}", True)]
         if p99_s is not None:
             at = max(p99_s, _FLOOR_S)
             ax.axvline(at, color=_INK, lw=1.2)
-            _line_label(ax, at, lo, hi, f"p99 {fmt.seconds(p99_s)}", y=0.83, bold=False)
+            labels.append((at, f"p99 {fmt.seconds(p99_s)}", False))
+        _line_labels(ax, lo, hi, labels)
         ax.set_title(title, loc="left")
         ax.set_title(
             verdict.upper(), loc="right", color=VERDICT_COLORS.get(verdict, _INK), fontsize=9
@@ -282,5 +319,5 @@ def overlap(
             right = max(right, budget_s * 1.08)
         ax.set_xlim(0, max(right, 1e-3))
         _seconds_axis(ax, log=False)
-        ax.set_xlabel("shim launch time (/containers/create -> /tasks/create)")
+        ax.set_xlabel("shim_launch_time (/containers/create -> /tasks/create)")
         return _to_svg(fig, chart_id)

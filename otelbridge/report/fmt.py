@@ -6,8 +6,6 @@ import datetime as dt
 from collections.abc import Mapping
 from typing import Any
 
-from otelbridge import sla
-
 _NS = 1_000_000_000
 
 
@@ -103,12 +101,12 @@ def gc_summary(figures: Mapping[str, Any]) -> str:
 
 
 def overlap_summary(figures: Mapping[str, Any]) -> str:
-    """Create latency (shim launch) with and without a reclaim in flight, in words."""
+    """Create latency (shim_launch_time) with and without a reclaim in flight, in words."""
     count = figures.get("overlapped_startups")
     if not count:
         return "no startup overlapped a reclaim"
     return (
-        f"{plural(count, 'startup')} created during a reclaim: shim launch p50 "
+        f"{plural(count, 'startup')} created during a reclaim: shim_launch_time p50 "
         f"{seconds(_num(figures.get('create_p50_s_overlapped')))} vs "
         f"{seconds(_num(figures.get('create_p50_s_other')))} without"
     )
@@ -124,12 +122,3 @@ def _flat(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)
-
-
-#: Short names of the duration budgets, for narrow columns and badges.
-SHORT = {
-    sla.STARTUP_DURATION: "startup",
-    sla.SHIM_LAUNCH_TIME: "shim launch",
-    sla.TASK_CREATE_TO_READY: "create->ready",
-    sla.COVERAGE: "coverage",
-}

@@ -20,11 +20,12 @@ from otelbridge import sla
 
 SourceKind = Literal["api", "spans"]
 
-#: How each duration budget is called in the report, for people.
-DURATION_TITLES: Final[Mapping[str, str]] = {
-    sla.STARTUP_DURATION: "startup duration (first event -> ready)",
-    sla.SHIM_LAUNCH_TIME: "shim launch (/containers/create -> /tasks/create)",
-    sla.TASK_CREATE_TO_READY: "task create -> ready",
+#: What each duration budget measures, for the contract table. Everywhere else a
+#: duration is called by its one name, the budget's (``startup_duration``, ...).
+DURATION_MEASURES: Final[Mapping[str, str]] = {
+    sla.STARTUP_DURATION: "first event -> ready",
+    sla.SHIM_LAUNCH_TIME: "/containers/create -> /tasks/create",
+    sla.TASK_CREATE_TO_READY: "/tasks/create -> ready",
 }
 
 
@@ -64,6 +65,17 @@ class StartupBars:
     partial: bool
     breached: tuple[str, ...]
     phases: tuple[Phase, ...]
+    trace_id: str = ""
+    reason: str = ""
+    """Why it failed: its ``container.startup`` status message (empty when ready)."""
+
+    @property
+    def stopped_in(self) -> str | None:
+        """The phase a failed startup stopped in (its incomplete phase), or None."""
+        for phase in self.phases:
+            if not phase.complete:
+                return phase.name
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,8 +155,10 @@ class NamespaceReport:
     """One containerd namespace: its verdicts and, from a span file, what the charts
     draw.
 
-    ``samples`` maps each duration budget to every value measured (empty from the
-    API); ``slowest`` are the slowest startups, slowest first; ``outcomes`` counts
+    ``samples`` maps each duration budget to every value measured (from the API only
+    when asked with ``?samples=1``); ``slowest`` are the slowest startups, slowest first;
+    ``failed`` the failed ones (outcome exited, timeout or not_ready; from the API the
+    latest of them), ``failed_total`` how many failed; ``outcomes`` counts
     startups by ``otelbridge.startup.outcome``; ``gc`` is set from span files,
     ``gc_figures`` holds the ``gc`` object of the verdict JSON as it came (the API's
     may carry figures this report does not know; they are shown as they are).
@@ -159,6 +173,8 @@ class NamespaceReport:
     budgets: tuple[BudgetResult, ...]
     samples: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
     slowest: tuple[StartupBars, ...] = ()
+    failed: tuple[StartupBars, ...] = ()
+    failed_total: int = 0
     outcomes: Mapping[str, int] = field(default_factory=dict)
     gc: GcFigures | None = None
     gc_figures: Mapping[str, Any] = field(default_factory=dict)
@@ -219,6 +235,12 @@ class Report:
     """From a span file: its startups grouped by rollout (the trace that caused them)."""
     left_out: tuple[str, ...] = ()
     """Namespaces the source has that ``-n`` did not ask for (to say when none matched)."""
+    nodes: tuple[str, ...] = ()
+    """The nodes the startups ran on (``k8s.node.name``, else ``host.name``)."""
+    clusters: tuple[str, ...] = ()
+    """The clusters they ran in (``k8s.cluster.name`` of the bridges' resource)."""
+    failed_max_ratio: float = 0.0
+    """The gate's ``max_failed_ratio``: more failed startups than this halt a rollout."""
 
     @property
     def verdict(self) -> str:
@@ -229,5 +251,11 @@ class Report:
 
     @property
     def has_spans(self) -> bool:
-        """Whether the charts' data (raw durations, phases) is there."""
+        """Whether it was built from a span file."""
         return self.kind == "spans"
+
+    @property
+    def has_samples(self) -> bool:
+        """Whether the charts' data (raw durations, phases) is there: always from a
+        span file, from a bridge when it was asked for (``/v1/sla?samples=1``)."""
+        return self.has_spans or any(ns.samples or ns.slowest for ns in self.namespaces)

@@ -16,17 +16,21 @@ time is in it).
 
 from __future__ import annotations
 
-import html
 import os
 import re
 import tempfile
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 from otelbridge import __version__, sla
 from otelbridge.report import fmt
-from otelbridge.report.model import DURATION_TITLES, NamespaceReport, Report
+from otelbridge.report.htmlbits import VERDICT_WORDS as _VERDICT_WORDS
+from otelbridge.report.htmlbits import e as _e
+from otelbridge.report.htmlbits import figure as _figure
+from otelbridge.report.htmlbits import verdict_class as _verdict_class
+from otelbridge.report.model import DURATION_MEASURES, NamespaceReport, Report
+from otelbridge.report.page_gc import gc_section
+from otelbridge.report.page_startups import failed_startups, rollouts, waterfall
 from otelbridge.report.verdicts import ReportError
 
 _CSS: Final = """
@@ -73,20 +77,6 @@ figcaption { font-size:12px; color:var(--muted); }
 .empty { color:var(--muted); font-style:italic; }
 """
 
-_VERDICT_WORDS: Final = {
-    sla.Verdict.PASS.value: "PASS",
-    sla.Verdict.BREACH.value: "BREACH",
-    sla.Verdict.INSUFFICIENT.value: "INSUFFICIENT",
-}
-
-
-def _e(value: object) -> str:
-    return html.escape(str(value), quote=True)
-
-
-def _verdict_class(verdict: str) -> str:
-    return verdict if verdict in _VERDICT_WORDS else "insufficient"
-
 
 def anchor(index: int, name: str) -> str:
     """The element id of a namespace's section (unique, whatever the name holds)."""
@@ -99,7 +89,7 @@ def why(ns: NamespaceReport, min_samples: int, coverage_min: float) -> str:
     breach = sla.Verdict.BREACH.value
     if ns.verdict == breach:
         parts = [
-            f"{fmt.SHORT.get(b.name, b.name)} p99 {fmt.seconds(b.p99_s)} > {fmt.budget(b.budget_s)}"
+            f"{b.name} p99 {fmt.seconds(b.p99_s)} > {fmt.budget(b.budget_s)}"
             for b in ns.budgets
             if b.verdict == breach
         ]
@@ -110,14 +100,12 @@ def why(ns: NamespaceReport, min_samples: int, coverage_min: float) -> str:
         lacking = [b for b in ns.budgets if b.verdict == sla.Verdict.INSUFFICIENT.value]
         if lacking:
             fewest = min(lacking, key=lambda b: b.samples)
-            return (
-                f"{fmt.SHORT.get(fewest.name, fewest.name)}: {fewest.samples} of "
-                f"{min_samples} samples needed"
-            )
+            return f"{fewest.name}: {fewest.samples} of {min_samples} samples needed"
         return f"{ns.startups} startups, {min_samples} needed"
     ratios = [b.p99_s / b.budget_s for b in ns.budgets if b.p99_s is not None and b.budget_s > 0]
     tightest = f", tightest p99 at {max(ratios) * 100:.0f}% of budget" if ratios else ""
-    return f"{ns.startups} startups{tightest}"
+    failed = f", {ns.failed_total} failed" if ns.failed_total else ""
+    return f"{ns.startups} startups{tightest}{failed}"
 
 
 def _badges(report: Report) -> str:
@@ -151,12 +139,36 @@ def _source_line(report: Report) -> str:
             f"the running bridge at <code>{_e(report.source)}</code>; verdicts over its "
             f"rolling window of {_e(window)}"
         )
-    return f'<p class="meta">Generated {_e(generated)} from {where}.</p>'
+    return f'<p class="meta">Generated {_e(generated)} from {where}.</p>' + _where_run(report)
+
+
+def _where_run(report: Report) -> str:
+    """The nodes and clusters the startups ran on, when their resources say."""
+    parts = []
+    if report.clusters:
+        parts.append(
+            f"{fmt.plural(len(report.clusters), 'cluster')}: "
+            + ", ".join(f"<b>{_e(c)}</b>" for c in report.clusters)
+        )
+    if report.nodes:
+        shown = report.nodes[:_NODES_SHOWN]
+        more = len(report.nodes) - len(shown)
+        parts.append(
+            f"{fmt.plural(len(report.nodes), 'node')}: "
+            + ", ".join(f"<b>{_e(n)}</b>" for n in shown)
+            + (f" and {more} more" if more else "")
+        )
+    if not parts:
+        return ""
+    return f'<p class="meta where">{" &middot; ".join(parts)}</p>'
+
+
+_NODES_SHOWN: Final = 12  # a fleet's span file names many: the busiest first
 
 
 def _contract(report: Report) -> str:
     rows = "".join(
-        f"<tr><td>{_e(name)}</td><td>{_e(DURATION_TITLES.get(name, ''))}</td>"
+        f"<tr><td>{_e(name)}</td><td>{_e(DURATION_MEASURES.get(name, ''))}</td>"
         f"<td>{'p99 ' if name == sla.STARTUP_DURATION else ''}&lt; {_e(fmt.budget(value))}</td>"
         "</tr>"
         for name, value in report.budgets.items()
@@ -164,6 +176,9 @@ def _contract(report: Report) -> str:
     rows += (
         f"<tr><td>coverage</td><td>startups fully traced / startups seen</td>"
         f"<td>&ge; {_e(fmt.percent(report.coverage_min))}</td></tr>"
+        "<tr><td>failed startups</td><td>outcome exited, timeout or not_ready / startups "
+        f"(the rollout gate's rule)</td><td>&le; {_e(fmt.percent(report.failed_max_ratio))}"
+        "</td></tr>"
     )
     return (
         '<table class="contract"><tr><th>budget</th><th>measures</th><th>limit</th></tr>'
@@ -226,21 +241,17 @@ def _facts(ns: NamespaceReport, coverage_min: float) -> str:
     return '<p class="facts">' + " &middot; ".join(_e(f) for f in facts) + "</p>"
 
 
-def _figure(svg: str, caption: str) -> str:
-    return f"<figure>{svg}<figcaption>{_e(caption)}</figcaption></figure>"
-
-
 def _histograms(ns: NamespaceReport, index: int) -> str:
     from otelbridge.report import charts  # noqa: PLC0415 - matplotlib only when drawing
 
     figures = []
     for b in ns.budgets:
         values = ns.samples.get(b.name, ())
-        title = fmt.SHORT.get(b.name, b.name)
+        title = b.name
         if not values:
             figures.append(
                 f'<figure><p class="empty">{_e(title)}: nothing measured '
-                f"({_e(DURATION_TITLES.get(b.name, b.name))}).</p></figure>"
+                f"({_e(DURATION_MEASURES.get(b.name, b.name))}).</p></figure>"
             )
             continue
         svg = charts.histogram(
@@ -259,147 +270,14 @@ def _histograms(ns: NamespaceReport, index: int) -> str:
             )
         )
     return (
-        "<h3>Startup durations</h3>"
+        "<h3>Durations</h3>"
         '<p class="meta">Log scale. Red dashed line: the budget; black line: the p99. '
         "Samples over the budget are red.</p>"
         f'<div class="charts">{"".join(figures)}</div>'
     )
 
 
-def _waterfall(ns: NamespaceReport, index: int, budgets: Mapping[str, float]) -> str:
-    from otelbridge.report import charts  # noqa: PLC0415 - matplotlib only when drawing
-
-    if not ns.slowest:
-        return ""
-    svg = charts.waterfall(
-        ns.slowest,
-        budget_s=budgets.get(sla.STARTUP_DURATION, 0.0),
-        chart_id=f"w{index}",
-    )
-    title = "slowest startup" if len(ns.slowest) == 1 else f"{len(ns.slowest)} slowest startups"
-    return f"<h3>The {title}, by phase</h3>" + _figure(
-        svg,
-        "Each bar is one container startup from its first event: container.create "
-        "(/snapshot/prepare -> /containers/create), shim.launch (-> /tasks/create), "
-        "task.start (-> /tasks/start), readiness.wait (-> ready). Hatched: a phase that "
-        "never completed.",
-    )
-
-
-def _num(value: Any) -> float | None:
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
-
-
-def _gc(ns: NamespaceReport, index: int, budgets: Mapping[str, float]) -> str:
-    """Reclaims, leaks and the overlap comparison, from the ``gc`` object (both sources
-    give the same keys); the overlap chart when the samples are there (span files)."""
-    figures = ns.gc_figures
-    out = ["<h3>Snapshot GC</h3>"]
-    if not figures:
-        out.append('<p class="empty">No GC figures for this namespace.</p>')
-        return "".join(out)
-    count = figures.get("reclaims")
-    limit = _num(figures.get("reclaim_budget_s"))
-    if count:
-        degraded = figures.get("degraded", 0)
-        cells = [
-            ("reclaims", str(count)),
-            ("p99", fmt.seconds(_num(figures.get("reclaim_p99_s")))),
-        ]
-        if "reclaim_max_s" in figures:
-            cells.append(("slowest", fmt.seconds(_num(figures.get("reclaim_max_s")))))
-        cells.append((f"degraded (&gt; {_e(fmt.budget(limit)) if limit else '?'})", str(degraded)))
-        out.append(
-            "<table class='gc'><tr>"
-            + "".join(f"<th>{head}</th>" for head, _ in cells)
-            + "</tr><tr>"
-            + "".join(f"<td class='num'>{_e(value)}</td>" for _, value in cells[:-1])
-            + f"<td class='num v-{'breach' if degraded else 'pass'}'>{_e(degraded)}</td>"
-            + "</tr></table>"
-        )
-    elif count == 0:
-        source = "in the file" if ns.gc is not None else "in the bridge's window"
-        out.append(f'<p class="empty">No snapshot reclaims {source}.</p>')
-    if "leaked" in figures:
-        ttl = _num(figures.get("leak_ttl_s"))
-        text = (
-            f"Snapshots leaked (not removed {_e(fmt.budget(ttl)) if ttl else 'in time'} after "
-            f"their container exited): <b>{_e(figures['leaked'])}</b>"
-        )
-        now = figures.get("leaked_now")
-        if isinstance(now, list) and now:
-            total = figures.get("leaked_now_total", len(now))
-            more = f" and {total - len(now)} more" if isinstance(total, int) else ""
-            text += f"; leaked right now: {_e(', '.join(str(x) for x in now))}{_e(more)}"
-        elif ns.gc is not None:
-            text += (
-                " (from a file: leaked snapshots that were removed late; one never removed "
-                "has no span)"
-            )
-        out.append(f"<p>{text}.</p>")
-    if "overlapped_startups" in figures:
-        out.append(_overlap(ns, index, budgets))
-    extra = {k: v for k, v in figures.items() if k not in fmt.GC_KEYS}
-    if extra:
-        out.append(
-            "<table class='gc'>"
-            + "".join(
-                f"<tr><td>{_e(k)}</td><td>{_e(_plain(v))}</td></tr>" for k, v in extra.items()
-            )
-            + "</table>"
-        )
-    return "".join(out)
-
-
-def _overlap(ns: NamespaceReport, index: int, budgets: Mapping[str, float]) -> str:
-    figures = ns.gc_figures
-    if not figures.get("overlapped_startups"):
-        return (
-            '<p class="empty">No startup was created while a reclaim was in flight '
-            "(otelbridge.gc.overlap): nothing to compare.</p>"
-        )
-    rows = []
-    for label, suffix in (("reclaim in flight", "overlapped"), ("no reclaim in flight", "other")):
-        p99 = figures.get(f"create_p99_s_{suffix}")
-        rows.append(
-            f"<tr><td>{label}</td>"
-            f"<td class='num'>{_e(fmt.seconds(_num(figures.get(f'create_p50_s_{suffix}'))))}</td>"
-            + (f"<td class='num'>{_e(fmt.seconds(_num(p99)))}</td>" if ns.gc is not None else "")
-            + "</tr>"
-        )
-    out = [
-        "<p>Does a reclaim block the next create? Shim launch time (/containers/create -&gt; "
-        f"/tasks/create) of the {_e(fmt.plural(figures['overlapped_startups'], 'startup'))} "
-        "created while a "
-        "snapshot reclaim was in flight (<code>otelbridge.gc.overlap</code>), against the "
-        "others:</p>",
-        "<table class='gc'><tr><th></th><th>median</th>"
-        + ("<th>p99</th>" if ns.gc is not None else "")
-        + f"</tr>{''.join(rows)}</table>",
-    ]
-    gc = ns.gc
-    if gc is not None and gc.overlapped_s:
-        from otelbridge.report import charts  # noqa: PLC0415 - matplotlib only when drawing
-
-        svg = charts.overlap(
-            gc.overlapped_s,
-            gc.others_s,
-            budget_s=budgets.get(sla.SHIM_LAUNCH_TIME, 0.0),
-            chart_id=f"o{index}",
-        )
-        out.append(_figure(svg, "Shim launch time with and without a reclaim in flight."))
-    return "".join(out)
-
-
-def _plain(value: Any) -> str:
-    if isinstance(value, Mapping):
-        return ", ".join(f"{k}: {_plain(v)}" for k, v in value.items())
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
-
-
-def _namespace(report: Report, ns: NamespaceReport, index: int) -> str:
+def _namespace(report: Report, ns: NamespaceReport, index: int, trace_url: str | None) -> str:
     cls = _verdict_class(ns.verdict)
     parts = [
         f'<section class="namespace" id="{anchor(index, ns.name)}">',
@@ -408,37 +286,18 @@ def _namespace(report: Report, ns: NamespaceReport, index: int) -> str:
         _facts(ns, report.coverage_min),
         _budget_table(ns, report.coverage_min),
     ]
-    if report.has_spans:
+    if report.has_samples:
         parts.append(_histograms(ns, index))
-        parts.append(_waterfall(ns, index, report.budgets))
-    parts.append(_gc(ns, index, report.budgets))
+        parts.append(waterfall(ns, index, report.budgets, trace_url))
+    parts.append(failed_startups(ns, report.failed_max_ratio, trace_url))
+    parts.append(gc_section(ns, index, report.budgets))
     parts.append("</section>")
     return "".join(parts)
 
 
-def _rollouts(report: Report) -> str:
-    """The rollouts of a span file, a row each: name, trace, verdict, counts, reasons."""
-    if not report.rollouts:
-        return ""
-    words = {"pass": "pass", "halt": "breach", "insufficient": "insufficient"}
-    rows = "".join(
-        f"<tr><td>{_e(r.name or '(unnamed)')}</td><td><code>{_e(r.trace_id)}</code></td>"
-        f'<td><span class="pill {_verdict_class(words.get(r.verdict, r.verdict))}">'
-        f"{_e(r.verdict)}</span></td><td>{r.startups}</td><td>{r.failed}</td>"
-        f"<td>{r.partial}</td><td>{'<br>'.join(_e(x) for x in r.reasons)}</td></tr>"
-        for r in report.rollouts
-    )
-    return (
-        '<section class="rollouts"><h2>Rollouts</h2><p>Each rollout (a trace holding '
-        "startups) judged as <code>otelbridge processor</code> judges it.</p>"
-        "<table><tr><th>rollout</th><th>trace</th><th>verdict</th><th>startups</th>"
-        f"<th>failed</th><th>partial</th><th>reasons</th></tr>{rows}</table></section>"
-    )
-
-
-def render_html(report: Report) -> str:
+def render_html(report: Report, *, trace_url: str | None = None) -> str:
     """The whole page. Draws the charts (imports matplotlib) when the report has
-    spans."""
+    samples. ``trace_url``: a URL template with ``{trace_id}`` that trace IDs link to."""
     count = len(report.namespaces)
     overall = report.verdict
     title = (
@@ -453,17 +312,17 @@ def render_html(report: Report) -> str:
         _badges(report),
         _contract(report),
     ]
-    if not report.has_spans:
+    if not report.has_samples:
         body.append(
-            '<p class="note"><b>No histograms or waterfalls:</b> this report was made from a '
-            "running bridge's <code>/v1/sla</code>, which gives verdicts and figures only. "
-            "For the charts, write spans to a file (<code>otelbridge run --exporter jsonl "
-            "--jsonl-path FILE</code>) and run <code>otelbridge sla --spans FILE --html "
-            "OUT</code>.</p>"
+            '<p class="note"><b>No histograms or waterfalls:</b> the bridge answered '
+            "verdicts without the samples behind them (a bridge older than "
+            "<code>/v1/sla?samples=1</code>). Upgrade it, or write spans to a file "
+            "(<code>otelbridge run --exporter jsonl --jsonl-path FILE</code>) and run "
+            "<code>otelbridge sla --spans FILE --html OUT</code>.</p>"
         )
     body.append("</header>")
-    body.append(_rollouts(report))
-    body += [_namespace(report, ns, i) for i, ns in enumerate(report.namespaces)]
+    body.append(rollouts(report, trace_url))
+    body += [_namespace(report, ns, i, trace_url) for i, ns in enumerate(report.namespaces)]
     body.append(
         f"<footer>otelbridge {_e(__version__)} &middot; <code>otelbridge sla</code> "
         "&middot; budgets and verdict rules: docs/sla.md</footer>"
@@ -476,12 +335,14 @@ def render_html(report: Report) -> str:
     )
 
 
-def write_html(report: Report, path: str | os.PathLike[str]) -> None:
+def write_html(
+    report: Report, path: str | os.PathLike[str], *, trace_url: str | None = None
+) -> None:
     """Renders and writes the page atomically (a reader never sees half a report).
     Raises :class:`~otelbridge.report.verdicts.ReportError` when it cannot be written
     or matplotlib is missing."""
     try:
-        page = render_html(report)
+        page = render_html(report, trace_url=trace_url)
     except ImportError as exc:
         raise ReportError(
             f"--html needs matplotlib ({exc.name} is missing): pip install 'matplotlib>=3.10'"

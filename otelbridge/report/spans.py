@@ -41,8 +41,14 @@ from otelbridge import sla
 from otelbridge.core import semconv
 from otelbridge.core.config import Config, SlaConfig
 from otelbridge.core.errors import DecodeError
-from otelbridge.core.model import ContainerKey, Outcome, StartupRecord
-from otelbridge.emit.spans import PHASES
+from otelbridge.core.model import (
+    FAILED_OUTCOMES,
+    PHASES,
+    ContainerKey,
+    Outcome,
+    StartupRecord,
+    startup_label,
+)
 from otelbridge.export.files import read_jsonl
 from otelbridge.report.model import GcFigures, Phase, Report, StartupBars
 from otelbridge.report.rollouts import rollouts_of
@@ -85,6 +91,9 @@ class SpanSet:
     spans_read: int = 0
     first_ns: int | None = None
     last_ns: int | None = None
+    nodes: Counter[str] = field(default_factory=Counter)
+    """Startups per node (``k8s.node.name``, else ``host.name``, of their resource)."""
+    clusters: set[str] = field(default_factory=set)
 
     def add(self, span: Span) -> None:
         self.spans_read += 1
@@ -109,9 +118,16 @@ def collect(requests: Iterable[ExportTraceServiceRequest]) -> SpanSet:
     found = SpanSet()
     for request in requests:
         for resource_spans in request.resource_spans:
+            resource = {kv.key: _value(kv.value) for kv in resource_spans.resource.attributes}
+            node = resource.get(semconv.K8S_NODE_NAME) or resource.get(semconv.HOST_NAME)
+            cluster = resource.get(semconv.K8S_CLUSTER_NAME)
+            if cluster:
+                found.clusters.add(str(cluster))
             for scope_spans in resource_spans.scope_spans:
                 for span in scope_spans.spans:
                     found.add(span)
+                    if node and span.name == semconv.SPAN_CONTAINER_STARTUP:
+                        found.nodes[str(node)] += 1
     return found
 
 
@@ -150,15 +166,6 @@ def startup_record(root: Span, phases: Mapping[str, Span]) -> StartupRecord:
     )
 
 
-def _label(attrs: Mapping[str, Any]) -> str:
-    pod, container = attrs.get(semconv.K8S_POD_NAME), attrs.get(semconv.K8S_CONTAINER_NAME)
-    if pod and container:
-        return f"{pod}/{container}"
-    if pod:  # a pod's sandbox
-        return f"{pod} (sandbox)"
-    return str(attrs.get(semconv.CONTAINER_NAME) or attrs.get(semconv.CONTAINER_ID) or "?")
-
-
 def _bars(root: Span, phases: Mapping[str, Span]) -> StartupBars:
     attrs = attributes(root)
     t0 = root.start_time_unix_nano
@@ -177,12 +184,14 @@ def _bars(root: Span, phases: Mapping[str, Span]) -> StartupBars:
     breached = attrs.get(semconv.OB_SLA_BREACHED)
     return StartupBars(
         container_id=str(attrs.get(semconv.CONTAINER_ID) or ""),
-        label=_label(attrs),
+        label=startup_label(attrs),
         outcome=str(attrs.get(semconv.OB_STARTUP_OUTCOME) or "?"),
         total_s=(root.end_time_unix_nano - t0) / _NS,
         partial=attrs.get(semconv.OB_PARTIAL) is True,
         breached=tuple(str(b) for b in breached) if isinstance(breached, list) else (),
         phases=tuple(drawn),
+        trace_id=root.trace_id.hex(),
+        reason=root.status.message if root.status.code == _ERROR else "",
     )
 
 
@@ -192,6 +201,7 @@ class _Namespace:
     traced: int = 0
     outcomes: Counter[str] = field(default_factory=Counter)
     bars: list[tuple[Span, Mapping[str, Span]]] = field(default_factory=list)
+    failed: list[tuple[Span, Mapping[str, Span]]] = field(default_factory=list)
     reclaim_s: list[float] = field(default_factory=list)
     degraded: int = 0
     leaked: int = 0
@@ -227,6 +237,8 @@ def from_spans(
         state.traced += not record.partial
         state.outcomes[record.outcome.value if record.outcome else "?"] += 1
         state.bars.append((root, phases))
+        if record.outcome is not None and record.outcome.value in FAILED_OUTCOMES:
+            state.failed.append((root, phases))
         overlap = attributes(root).get(semconv.OB_GC_OVERLAP) is True
         state.overlapped_startups += overlap
         shim = measured.get(sla.SHIM_LAUNCH_TIME)
@@ -303,6 +315,13 @@ def from_spans(
                 ns_report,
                 samples=samples,
                 slowest=tuple(_bars(root, phases) for root, phases in worst),
+                failed=tuple(
+                    _bars(root, phases)
+                    for root, phases in sorted(
+                        state.failed, key=lambda rp: rp[0].start_time_unix_nano
+                    )
+                ),
+                failed_total=len(state.failed),
                 outcomes=dict(state.outcomes),
                 gc=gc[ns_report.name],
             )
@@ -314,6 +333,8 @@ def from_spans(
         last_ns=last,
         spans_read=spans.spans_read,
         left_out=tuple(sorted(left_out)),
+        nodes=tuple(node for node, _ in spans.nodes.most_common()),
+        clusters=tuple(sorted(spans.clusters)),
     )
 
 
@@ -387,4 +408,9 @@ def read_span_file(
     judge_with = rules if rules is not None else dataclasses.replace(Config(), sla=config)
     rollouts = rollouts_of(requests, judge_with)
     verdict_json = {**report.verdict_json, "rollouts": [dict(r.document) for r in rollouts]}
-    return dataclasses.replace(report, rollouts=rollouts, verdict_json=verdict_json)
+    return dataclasses.replace(
+        report,
+        rollouts=rollouts,
+        verdict_json=verdict_json,
+        failed_max_ratio=judge_with.gate.max_failed_ratio,
+    )

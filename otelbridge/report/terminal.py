@@ -62,7 +62,24 @@ def header(report: Report) -> list[str]:
         f"budgets: {limits}, coverage >= {fmt.percent(report.coverage_min)}; "
         f"verdicts need {report.min_samples} samples"
     )
+    where = []
+    if report.clusters:
+        where.append("cluster " + ", ".join(report.clusters))
+    if report.nodes:
+        more = len(report.nodes) - _NODES_SHOWN
+        where.append(
+            fmt.plural(len(report.nodes), "node")
+            + ": "
+            + ", ".join(report.nodes[:_NODES_SHOWN])
+            + (f" and {more} more" if more > 0 else "")
+        )
+    if where:
+        lines.append("on " + "; ".join(where))
     return lines
+
+
+_NODES_SHOWN = 6
+_FAILED_SHOWN = 3  # the latest few: the HTML report lists them all
 
 
 def namespace_block(ns: NamespaceReport, coverage_min: float, *, color: bool) -> list[str]:
@@ -94,6 +111,16 @@ def namespace_block(ns: NamespaceReport, coverage_min: float, *, color: bool) ->
         text = f"  slowest: {worst.label} {fmt.seconds(worst.total_s)} ({worst.outcome})"
         text += f" = {parts}" if parts else ""
         lines.append(f"{_DIM}{text}{_RESET}" if color else text)
+    if ns.failed_total:
+        lines.append(
+            "  "
+            + _paint(f"failed: {ns.failed_total} of {ns.startups}", "breach", color)
+            + " (outcome exited, timeout or not_ready)"
+        )
+        for s in ns.failed[-_FAILED_SHOWN:]:
+            stopped = f" in {s.stopped_in}" if s.stopped_in else ""
+            trace = f" trace {s.trace_id}" if s.trace_id else ""
+            lines.append(f"    {s.label} {s.outcome}{stopped}: {s.reason or '?'}{trace}")
     return lines
 
 

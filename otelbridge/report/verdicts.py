@@ -13,8 +13,16 @@ from collections.abc import Collection, Mapping
 from typing import Any
 
 from otelbridge import sla
+from otelbridge.core import semconv
 from otelbridge.core.errors import OtelbridgeError
-from otelbridge.report.model import BudgetResult, NamespaceReport, Report, SourceKind
+from otelbridge.report.model import (
+    BudgetResult,
+    NamespaceReport,
+    Phase,
+    Report,
+    SourceKind,
+    StartupBars,
+)
 
 _VERDICTS = frozenset(v.value for v in sla.Verdict)
 #: Namespaces are listed worst first: what needs attention is on top.
@@ -79,6 +87,7 @@ def namespace_from_json(name: str, obj: Any) -> NamespaceReport:
     names = [n for n in sla.DURATIONS if n in raw_budgets]
     names += [n for n in raw_budgets if n not in sla.DURATIONS]
     gc = obj.get("gc")
+    raw_failed = _list(obj, "failed", where)
     return NamespaceReport(
         name=name,
         verdict=_verdict(obj, "verdict", where),
@@ -88,7 +97,86 @@ def namespace_from_json(name: str, obj: Any) -> NamespaceReport:
         coverage_verdict=_verdict(obj, "coverage_verdict", where),
         budgets=tuple(_budget(n, raw_budgets[n], f"{where}.budgets.{n}") for n in names),
         gc_figures=dict(gc) if isinstance(gc, Mapping) else {},
+        samples=_samples(obj, where),
+        slowest=tuple(
+            _startup(x, f"{where}.slowest[{i}]") for i, x in enumerate(_list(obj, "slowest", where))
+        ),
+        failed=tuple(_startup(x, f"{where}.failed[{i}]") for i, x in enumerate(raw_failed)),
+        failed_total=int(obj.get("failed_total") or len(raw_failed)),
+        outcomes={
+            str(k): v
+            for k, v in (obj.get("outcomes") or {}).items()
+            if isinstance(v, int) and not isinstance(v, bool)
+        }
+        if isinstance(obj.get("outcomes"), Mapping)
+        else {},
     )
+
+
+# -- the detail of /v1/sla?samples=1 (absent from the plain answer) -----------------------------
+def _list(obj: Mapping[str, Any], key: str, where: str) -> list[Any]:
+    value = obj.get(key)
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise ReportError(f"{where}.{key}: expected a list, got {value!r}")
+    return value
+
+
+def _samples(obj: Mapping[str, Any], where: str) -> dict[str, tuple[float, ...]]:
+    raw = obj.get("samples")
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        raise ReportError(f"{where}.samples: expected an object, got {raw!r}")
+    out: dict[str, tuple[float, ...]] = {}
+    for name, values in raw.items():
+        if not isinstance(values, list) or not all(
+            isinstance(v, int | float) and not isinstance(v, bool) for v in values
+        ):
+            raise ReportError(f"{where}.samples.{name}: expected a list of seconds")
+        out[str(name)] = tuple(float(v) for v in values)
+    return out
+
+
+def _startup(obj: Any, where: str) -> StartupBars:
+    """One startup of ``slowest`` or ``failed`` (sla.StartupFacts.to_json)."""
+    if not isinstance(obj, Mapping):
+        raise ReportError(f"{where}: expected an object, got {obj!r}")
+    phases = []
+    for i, phase in enumerate(_list(obj, "phases", where)):
+        at = f"{where}.phases[{i}]"
+        if not isinstance(phase, Mapping):
+            raise ReportError(f"{at}: expected an object, got {phase!r}")
+        phases.append(
+            Phase(
+                name=str(phase.get("name") or "?"),
+                offset_s=float(_get(phase, "offset_s", (int, float), at)),
+                duration_s=float(_get(phase, "duration_s", (int, float), at)),
+                complete=phase.get("complete") is not False,
+            )
+        )
+    return StartupBars(
+        container_id=str(obj.get("container_id") or ""),
+        label=str(obj.get("label") or obj.get("container_id") or "?"),
+        outcome=str(obj.get("outcome") or "?"),
+        total_s=float(_get(obj, "total_s", (int, float), where)),
+        partial=obj.get("partial") is True,
+        breached=tuple(str(b) for b in _list(obj, "breached", where)),
+        phases=tuple(phases),
+        trace_id=str(obj.get("trace_id") or ""),
+        reason=str(obj.get("reason") or ""),
+    )
+
+
+def _resource(obj: Mapping[str, Any]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(nodes, clusters) from the bridge's ``resource``."""
+    raw = obj.get("resource")
+    if not isinstance(raw, Mapping):
+        return (), ()
+    node = raw.get(semconv.K8S_NODE_NAME) or raw.get(semconv.HOST_NAME)
+    cluster = raw.get(semconv.K8S_CLUSTER_NAME)
+    return ((str(node),) if node else ()), ((str(cluster),) if cluster else ())
 
 
 def report_from_json(
@@ -119,6 +207,7 @@ def report_from_json(
     wanted = set(namespaces)
     kept = {str(k): v for k, v in raw.items() if not wanted or k in wanted}
     verdict_json = {**obj, "namespaces": kept}
+    nodes, clusters = _resource(obj)
     return Report(
         kind=kind,
         source=source,
@@ -135,4 +224,6 @@ def report_from_json(
         ),
         verdict_json=verdict_json,
         left_out=tuple(sorted(str(k) for k in raw if str(k) not in kept)),
+        nodes=nodes,
+        clusters=clusters,
     )

@@ -265,9 +265,21 @@ def test_the_terminal_table_from_the_bridge(run: Run) -> None:
     assert f"{run.namespaces['few']}  INSUFFICIENT" in table.stdout
 
 
-def test_the_html_from_the_bridge_has_no_charts_and_says_why(run: Run) -> None:
-    page = check_page(run.api_html.read_text(), namespaces=run.namespaces.values())
-    assert page.svgs == 0 and "No histograms or waterfalls" in page.text
+def test_the_html_from_the_bridge_has_the_charts_and_names_the_node(run: Run) -> None:
+    """Issue 10: a report from a running bridge had no charts. It asks
+    ``/v1/sla?samples=1`` and draws what the span file's report draws, for the same
+    startups; the bridge's resource names the node."""
+    ns = run.namespaces
+    page = check_page(
+        run.api_html.read_text(),
+        namespaces=ns.values(),
+        verdicts={ns["fast"]: "pass", ns["slow"]: "breach", ns["few"]: "insufficient"},
+        budgets=(4.0, 2.0, 1.0),
+        min_charts=4 * len(ns),  # each namespace: three histograms and a waterfall
+    )
+    assert "No histograms or waterfalls" not in page.text
+    assert "The 6 slowest startups, by phase" in page.text
+    assert f"1 node: {socket.gethostname()}" in " ".join(page.text.split())
 
 
 def test_a_bridge_that_is_gone_is_one_line_and_exit_1(run: Run) -> None:

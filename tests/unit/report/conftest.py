@@ -41,6 +41,9 @@ class Server:
 
     def __init__(self, routes: dict[str, tuple[int, bytes]]) -> None:
         self.routes = routes
+        self.asked: list[str] = []
+        """Every path asked, query included (a route ignores the query, as a bridge
+        older than ``?samples=1`` does)."""
 
         outer = self
 
@@ -48,7 +51,8 @@ class Server:
             def do_GET(self) -> None:
                 if self.path == "/slow":
                     time.sleep(1.0)
-                code, body = outer.routes.get(self.path, (404, b"not found"))
+                outer.asked.append(self.path)
+                code, body = outer.routes.get(self.path.partition("?")[0], (404, b"not found"))
                 self.send_response(code)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()

@@ -57,7 +57,7 @@ def test_a_report_from_spans_has_a_badge_per_namespace_and_every_chart(
     for i, ns in enumerate(from_spans.namespaces):
         assert parsed.ids[anchor(i, ns.name)] == 1
     assert page.index('class="badge') < page.index('<section class="namespace"')
-    assert "create-&gt;ready p99 2.49 s &gt; 1 s" in page  # why batch breached
+    assert "task_create_to_ready p99 2.49 s &gt; 1 s" in page  # why batch breached
     assert "6 of 20 samples needed" in page  # why canary is insufficient
     # the generation time and the source are said
     assert "2027-01-15 08:00:00 UTC" in parsed.text
