@@ -566,3 +566,30 @@ def test_probes_need_exactly_sys_admin_and_sys_ptrace(tmp_path: Path) -> None:
             os.kill(int(netns_pid), signal.SIGKILL)
         holder.kill()
         holder.wait(timeout=10)
+
+
+def test_dashboard_promql_parses(tmp_path: Path) -> None:
+    """Every PromQL expression of the dashboard, with Grafana's variables filled in, is
+    accepted by Prometheus' own parser (``promtool check rules`` on a rule file of them;
+    Debian's prometheus package)."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        _skip_or_fail("promtool not installed (Debian's prometheus)")
+    fill = {"$__rate_interval": "1m", "$__range": "1h", "$namespace": ".*"}
+    rules = []
+    for i, expr in enumerate(_dashboard_exprs()[:-1]):  # the last: label_values(), Grafana's
+        query = expr
+        for var, value in fill.items():
+            query = query.replace(var, value)
+        assert "$" not in query, expr
+        rules.append({"record": f"otelbridge:dashboard_{i}", "expr": query})
+    path = tmp_path / "dashboard.rules.yml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
+    done = subprocess.run(
+        [str(promtool), "check", "rules", str(path)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
