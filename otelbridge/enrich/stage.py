@@ -47,6 +47,7 @@ from otelbridge.core import semconv
 from otelbridge.core.config import READINESS_LABEL, EnrichConfig, SlaConfig
 from otelbridge.core.counters import Counters
 from otelbridge.core.ids import pod_parent
+from otelbridge.core.limits import MAX_READINESS_TARGET, label_key_ok
 from otelbridge.core.logutil import ThrottledLogger
 from otelbridge.core.model import (
     EMPTY_MAP,
@@ -62,9 +63,7 @@ from otelbridge.core.text import escape_controls, truncate
 from otelbridge.core.tracecontext import NOT_FOUND, Resolution, TraceContext, resolve
 
 _log = ThrottledLogger(logging.getLogger(__name__))
-_MAX_LABEL_KEY = 128
 _SHARED_LIMIT = 1024  # distinct trace contexts remembered (rollouts in flight)
-_MAX_TARGET = 512  # a readiness target longer than this is not one
 
 
 def split_image_reference(ref: str) -> tuple[str, list[str]]:
@@ -79,10 +78,6 @@ def split_image_reference(ref: str) -> tuple[str, list[str]]:
     if colon > slash:
         return name[:colon], [name[colon + 1 :]]
     return name, []
-
-
-def _label_key_ok(key: str) -> bool:
-    return 0 < len(key) <= _MAX_LABEL_KEY and key.isascii() and key.isprintable()
 
 
 class Enricher:
@@ -170,7 +165,7 @@ class Enricher:
                 ),
                 "",
             )
-        if len(readiness) > _MAX_TARGET:
+        if len(readiness) > MAX_READINESS_TARGET:
             # a cut target would be probed as another one: none, so the next source decides
             self._counters.inc(semconv.READINESS_INVALID_TARGET)
             _log.warning(
@@ -179,7 +174,7 @@ class Enricher:
                 "readiness source applies",
                 info.key,
                 len(readiness),
-                _MAX_TARGET,
+                MAX_READINESS_TARGET,
             )
             readiness = ""
         if cri is not None and (cri.annotations or cri.pod_annotations):
@@ -191,7 +186,7 @@ class Enricher:
             for key in sorted(info.labels):
                 if not any(fnmatch.fnmatchcase(key, g) for g in globs):
                     continue
-                if not _label_key_ok(key) or len(labels) >= self._cfg.max_label_attributes:
+                if not label_key_ok(key) or len(labels) >= self._cfg.max_label_attributes:
                     dropped += 1
                     continue
                 value = self._escape(info.labels[key])

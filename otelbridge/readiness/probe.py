@@ -65,6 +65,7 @@ from otelbridge.core import semconv
 from otelbridge.core.clock import Clock, SystemClock
 from otelbridge.core.config import ReadinessConfig
 from otelbridge.core.counters import Counters
+from otelbridge.core.limits import MAX_READINESS_TARGET
 from otelbridge.core.logutil import ThrottledLogger
 from otelbridge.core.model import ContainerInfo, ContainerKey, ReadySignal
 from otelbridge.readiness import SOURCE_PROBE, ReadinessRequest, Report
@@ -87,7 +88,6 @@ DEADLINE_REASON = "probe did not succeed by its deadline"
 """The ``reason`` of the not-ok verdict given at a request's deadline."""
 
 _SCHEMES = ("tcp", "http")
-_MAX_TARGET = 512
 # a tenant writes the target: printable ASCII without spaces only, so nothing it holds
 # can smuggle a header or a second request line into the probe's GET
 _TARGET_CHARS = re.compile(r"[\x21-\x7e]+")
@@ -126,7 +126,7 @@ def parse_target(text: str) -> ProbeTarget:
     """Parses ``tcp://HOST:PORT`` or ``http://HOST:PORT[/PATH]``; raises ``ValueError``
     saying what is wrong. The port is required; credentials, fragments and a path on a
     tcp target are refused. Pure; any thread."""
-    if not text or len(text) > _MAX_TARGET:
+    if not text or len(text) > MAX_READINESS_TARGET:
         raise ValueError("empty or too long")
     if not _TARGET_CHARS.fullmatch(text):
         raise ValueError("contains spaces, control or non-ASCII characters")

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from otelbridge.core.config import Config
+from otelbridge.core.limits import MAX_LABEL_KEY, MAX_READINESS_TARGET, label_key_ok
 from otelbridge.core.text import escape_controls
 from otelbridge.core.tracecontext import (
     Invalid,
@@ -43,10 +44,6 @@ from otelbridge.core.tracecontext import (
     parse_tracestate,
     resolve,
 )
-
-# the limits are the enrich stage's own (one definition: the validator judges a container
-# exactly as the bridge will admit it); they are module-private there, so imported by name
-from otelbridge.enrich.stage import _MAX_LABEL_KEY, _MAX_TARGET, _label_key_ok
 from otelbridge.readiness.probe import parse_target
 from otelbridge.validate.report import Problem, problem, shown
 
@@ -63,11 +60,6 @@ __all__ = [
     "label_key_kept",
     "map_carrier",
 ]
-
-#: A readiness target longer than this is not one (the bridge drops it at admission).
-MAX_READINESS_TARGET: Final = _MAX_TARGET
-#: Longest label key the bridge keeps as a span attribute.
-MAX_LABEL_KEY: Final = _MAX_LABEL_KEY
 
 _TRACEPARENT_REASONS: Final = {
     "not_string": "the traceparent is not a string",
@@ -325,7 +317,7 @@ def check_readiness_target(carriers: Sequence[Carrier], rules: Rules) -> list[Pr
 def label_key_kept(key: str) -> bool:
     """Whether the bridge keeps a selected label under this key: 1 to 128 printable
     ASCII characters (the enrich stage's own test)."""
-    return _label_key_ok(key)
+    return label_key_ok(key)
 
 
 def _has_controls(text: str) -> bool:
