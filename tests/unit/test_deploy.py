@@ -180,7 +180,11 @@ def _composecheck() -> Path:
 
 
 def _load_compose(path: Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("CONTAINERD_SOCKET", "HOSTNAME")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("CONTAINERD_SOCKET", "OTELBRIDGE_HOST_NAME", "OTELCOL_TAIL_SAMPLE_PERCENT")
+    }
     return subprocess.run(
         [str(_composecheck()), str(path)],
         check=False,
