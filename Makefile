@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 APT_PACKAGES := containerd runc busybox-static umoci gcc libc6-dev
 HOST_TOOLS := containerd runc ctr umoci busybox gcc
 
-.PHONY: setup host-tools demo test lint unit integration bench protos clean
+.PHONY: setup host-tools demo test lint unit integration bench protos backends clean
 
 setup: host-tools $(VENV)/.installed
 
@@ -54,6 +54,12 @@ bench: setup
 
 protos: setup
 	PYTHON=$(BIN)/python scripts/gen-protos
+
+# the OpenTelemetry Collector and Jaeger v2 of the integration tests, built (or reused
+# from ~/.cache/otelbridge-backends) by scripts/backends; the tests run it themselves
+# (docs/backends.md)
+backends:
+	scripts/backends
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
