@@ -149,34 +149,39 @@ def test_dockerfile_entrypoint_is_otelbridge_and_user_not_root() -> None:
 
 
 # -- docker-compose.yml --------------------------------------------------------------------------
-def _composecheck() -> Path:
-    """The composecheck binary, built once per source and Go version into a cache
-    directory outside the repository."""
+def _go_tool(source: Path, name: str) -> Path:
+    """A test tool's binary built from its Go module under tests/unit (once per source and
+    Go version) into a cache directory outside the repository."""
     go = shutil.which("go")
     if go is None:
-        _skip_or_fail("no Go toolchain: the Compose reference implementation cannot be built")
+        _skip_or_fail(f"no Go toolchain: {name} cannot be built")
         raise AssertionError  # unreachable
     gov = subprocess.run([go, "version"], capture_output=True, text=True, check=True).stdout
     digest = hashlib.sha256(gov.encode())
-    for name in ("go.mod", "go.sum", "main.go"):
-        digest.update((COMPOSECHECK / name).read_bytes())
+    for part in ("go.mod", "go.sum", "main.go"):
+        digest.update((source / part).read_bytes())
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-    binary = cache / "otelbridge-composecheck" / digest.hexdigest()[:16] / "composecheck"
+    binary = cache / f"otelbridge-{name}" / digest.hexdigest()[:16] / name
     if not binary.exists():
         binary.parent.mkdir(parents=True, exist_ok=True)
         tmp = binary.with_suffix(".tmp")
         done = subprocess.run(
             [go, "build", "-mod=readonly", "-o", str(tmp), "."],
             check=False,
-            cwd=COMPOSECHECK,
+            cwd=source,
             capture_output=True,
             text=True,
             timeout=900,
         )
         if done.returncode != 0:
-            _skip_or_fail(f"composecheck did not build: {done.stderr.strip()[-500:]}")
+            _skip_or_fail(f"{name} did not build: {done.stderr.strip()[-500:]}")
         tmp.rename(binary)
     return binary
+
+
+def _composecheck() -> Path:
+    """The Compose reference implementation's loader (tests/unit/composecheck)."""
+    return _go_tool(COMPOSECHECK, "composecheck")
 
 
 def _load_compose(path: Path) -> subprocess.CompletedProcess[str]:
@@ -270,11 +275,19 @@ def test_compose_bridge_and_processors(compose: dict[str, Any]) -> None:
 # -- deploy/kubernetes ---------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def rendered() -> list[dict[str, Any]]:
+    # `kubectl kustomize`, or where kubectl is not installed the kustomize API it embeds
+    # (tests/unit/kustomizecheck: Debian's kubectl is too old for this kustomization)
     kubectl = shutil.which("kubectl")
-    if kubectl is None:
-        _skip_or_fail("kubectl not installed: deploy/kubernetes cannot be rendered")
+    argv = (
+        [kubectl, "kustomize", str(KUSTOMIZE_DIR)]
+        if kubectl is not None
+        else [
+            str(_go_tool(COMPOSECHECK.parent / "kustomizecheck", "kustomizecheck")),
+            str(KUSTOMIZE_DIR),
+        ]
+    )
     done = subprocess.run(
-        [str(kubectl), "kustomize", str(KUSTOMIZE_DIR)],
+        argv,
         check=False,
         capture_output=True,
         text=True,
