@@ -327,9 +327,7 @@ def _runtime_phases(
 
 def _name_the_node(pipeline: Pipeline, exporting: Exporting) -> None:
     """``/v1/sla`` says which bridge answers: its resource (host, node, cluster)."""
-    pipeline.sla.resource = {
-        kv.key: kv.value.string_value for kv in exporting.resource.attributes
-    }
+    pipeline.sla.resource = {kv.key: kv.value.string_value for kv in exporting.resource.attributes}
 
 
 # -- replay ------------------------------------------------------------------------------------
