@@ -49,6 +49,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
+from otelbridge.core import human
 from otelbridge.core.clock import Clock, SystemClock
 from otelbridge.core.config import Config, load_config
 from otelbridge.core.errors import ConfigError
@@ -347,26 +348,6 @@ def run_gate(
 # -- output ---------------------------------------------------------------------------------
 
 
-def _seconds(value: object) -> str:
-    """``161 ms``, ``44.0 ms``, ``1.24 s``; ``-`` for nothing (the report's style)."""
-    if not isinstance(value, int | float) or isinstance(value, bool):
-        return "-"
-    if value == 0:
-        return "0 ms"
-    if value < 1.0:
-        ms = value * 1000
-        if ms < 1:
-            return f"{ms:.3f} ms"
-        return f"{ms:.3g} ms" if ms >= 100 else f"{ms:#.3g} ms"
-    return f"{value:#.3g} s" if value < 100 else f"{value:.0f} s"
-
-
-def _budget(value: object) -> str:
-    if not isinstance(value, int | float) or isinstance(value, bool):
-        return "-"
-    return f"{value * 1000:g} ms" if value < 1.0 else f"{value:g} s"
-
-
 def _duration(seconds: float) -> str:
     if seconds < 10:
         return f"{seconds:.1f} s"
@@ -381,16 +362,16 @@ def _slowest_line(entry: Mapping[str, Any]) -> str:
     where = [str(entry[k]) for k in ("namespace", "pod") if entry.get(k)]
     if where:
         label += f" ({'/'.join(where)})"
-    text = f"{label}  {_seconds(entry.get('startup_duration_s'))}"
+    text = f"{label}  {human.duration(entry.get('startup_duration_s'))}"
     raw_phases = entry.get("phases")
     phases: Mapping[str, Any] = raw_phases if isinstance(raw_phases, Mapping) else {}
     dominant = entry.get("dominant_phase")
     if dominant:
         text += f", dominant {dominant}"
         if dominant in phases:
-            text += f" {_seconds(phases[dominant])}"
+            text += f" {human.duration(phases[dominant])}"
     if phases:
-        text += " = " + " + ".join(f"{name} {_seconds(v)}" for name, v in phases.items())
+        text += " = " + " + ".join(f"{name} {human.duration(v)}" for name, v in phases.items())
     return text
 
 
@@ -430,8 +411,8 @@ def render_report(outcome: Outcome) -> str:
             if not isinstance(b, Mapping):
                 continue
             lines.append(
-                f"  {budget_name:<{width}}  {_seconds(b.get('p99_s')):>9}  "
-                f"{_budget(b.get('budget_s')):>7}  {b.get('samples', 0):>7}  "
+                f"  {budget_name:<{width}}  {human.duration(b.get('p99_s')):>9}  "
+                f"{human.budget(b.get('budget_s')):>7}  {b.get('samples', 0):>7}  "
                 f"{b.get('breaches', 0):>8}  {b.get('verdict', '-')}"
             )
     reasons = doc.get("reasons") or []

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import ipaddress
 import json
 import re
 import urllib.error
@@ -18,7 +17,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from otelbridge import __version__
-from otelbridge.core import tracecontext
+from otelbridge.core import human, tracecontext
 from otelbridge.core.errors import ConfigError
 
 #: one request may take this long at most (less when the deadline is nearer)
@@ -264,15 +263,6 @@ class ProcessorError(Exception):
         self.permanent = permanent
 
 
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def fetch_document(url: str, *, token: str | None, timeout_s: float) -> dict[str, Any]:
     """``GET url`` -> the JSON object it answers. Raises :class:`ProcessorError` with one
     line saying what went wrong. A loopback URL is asked directly, whatever the proxy
@@ -280,7 +270,7 @@ def fetch_document(url: str, *, token: str | None, timeout_s: float) -> dict[str
     system's CAs (``SSL_CERT_FILE`` names another bundle)."""
     host = urllib.parse.urlsplit(url).hostname or ""
     handlers: list[urllib.request.BaseHandler] = []
-    if is_loopback(host):
+    if human.is_loopback(host):
         handlers.append(urllib.request.ProxyHandler({}))
     opener = urllib.request.build_opener(*handlers)
     headers = {"Accept": "application/json", "User-Agent": f"otelbridge-gate/{__version__}"}

@@ -8,7 +8,6 @@ give them (an older one) makes a report without charts, which says so.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import urllib.error
 import urllib.parse
@@ -16,6 +15,7 @@ import urllib.request
 from collections.abc import Collection
 from typing import Any
 
+from otelbridge.core import human
 from otelbridge.report.model import Report
 from otelbridge.report.verdicts import ReportError, report_from_json
 
@@ -51,22 +51,13 @@ def _bracket(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def fetch_json(url: str, *, timeout_s: float = 5.0) -> Any:
     """``GET url`` -> the decoded JSON body. Raises :class:`ReportError` with one line
     saying what went wrong: not reachable, not answering in time, an HTTP error, not JSON.
     A loopback URL is asked directly, whatever the proxy variables say."""
     host = urllib.parse.urlsplit(url).hostname or ""
     handlers: list[urllib.request.BaseHandler] = []
-    if _is_loopback(host):
+    if human.is_loopback(host):
         handlers.append(urllib.request.ProxyHandler({}))
     opener = urllib.request.build_opener(*handlers)
     request = urllib.request.Request(url, headers={"Accept": "application/json"})

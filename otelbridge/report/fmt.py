@@ -6,29 +6,19 @@ import datetime as dt
 from collections.abc import Mapping
 from typing import Any
 
+from otelbridge.core import human
+
 _NS = 1_000_000_000
 
 
 def seconds(value: float | None) -> str:
-    """A duration with three significant digits in a fitting unit: ``412 µs`` is
-    written ``0.412 ms``; ``161 ms``, ``44.0 ms``, ``1.24 s``; ``-`` for None."""
-    if value is None:
-        return "-"
-    if value == 0:
-        return "0 ms"
-    if value < 1.0:
-        ms = value * 1000
-        if ms < 1:
-            return f"{ms:.3f} ms"
-        return f"{ms:.3g} ms" if ms >= 100 else f"{ms:#.3g} ms"
-    return f"{value:#.3g} s" if value < 100 else f"{value:.0f} s"
+    """A duration: ``0.412 ms``, ``44.0 ms``, ``161 ms``, ``1.24 s``; ``-`` for None."""
+    return human.duration(value)
 
 
 def budget(value: float) -> str:
     """A budget as configured: ``4 s``, ``0.5 s``, ``250 ms``."""
-    if value < 1.0:
-        return f"{value * 1000:g} ms"
-    return f"{value:g} s"
+    return human.budget(value)
 
 
 def plural(count: object, noun: str) -> str:
