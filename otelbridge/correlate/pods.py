@@ -121,6 +121,11 @@ class PodTracker:
         """Pods held (in progress, or reported and not yet forgotten)."""
         return len(self._pods)
 
+    @property
+    def starting(self) -> bool:
+        """Some pod's startup is not reported yet (its deadline is still to come)."""
+        return any(not state.emitted for state in self._pods.values())
+
     def observe(self, record: StartupRecord) -> None:
         info = record.info
         if info is None or info.pod is None or info.cri is None:

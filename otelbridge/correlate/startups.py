@@ -139,6 +139,11 @@ class Correlator:
         if self._changed is None:
             self._changed = set()
 
+    @property
+    def has_changes(self) -> bool:
+        """Some key changed since the last :meth:`take_changes`."""
+        return bool(self._changed)
+
     def take_changes(self) -> set[ContainerKey]:
         """The keys whose state changed since the last call (tracking must be on)."""
         changed = self._changed or set()

@@ -45,6 +45,9 @@ class LookupPool:
         self._cond = threading.Condition()
         self._wanted: set[int] = set()
         self._results: dict[int, ContainerInfo | None] = {}
+        self.on_result: Callable[[], None] | None = None
+        """Called (on a lookup thread) after each wanted result is stored: it wakes the
+        event thread, which would otherwise find the result only at its next deadline."""
         self._threads = [
             threading.Thread(target=self._work, name=f"otelbridge-lookup-{i}", daemon=True)
             for i in range(workers)
@@ -106,6 +109,9 @@ class LookupPool:
                 self._counters.inc(semconv.METADATA_FAILED)
                 _log.warning("lookup", "%s: container record lookup failed: %s", key, exc)
             with self._cond:
-                if ticket in self._wanted:
-                    self._results[ticket] = info
-                    self._cond.notify_all()
+                if ticket not in self._wanted:
+                    continue
+                self._results[ticket] = info
+                self._cond.notify_all()
+            if self.on_result is not None:
+                self.on_result()

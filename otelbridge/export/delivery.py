@@ -76,6 +76,7 @@ from otelbridge.export.storage import Entry, Storage
 __all__ = ["Delivery", "DeliveryConfig"]
 
 log = logging.getLogger(__name__)
+_EMPTY_WAIT_S = 30.0  # a safety net only: storage wakes a waiting lane when an entry comes
 _NS: Final = 1_000_000_000
 #: a lane that lost its exporter logs a failure at most this often (it counts every one)
 _LOG_INTERVAL_S: Final = 30.0
@@ -418,7 +419,9 @@ class _Lane:
         if not entries:
             if closing:
                 return False
-            storage.wait(self.name, 1, config.schedule_delay_s)
+            # nothing to send: sleep until an entry comes (a wait ends on it, and on wake),
+            # not a schedule delay at a time (issue 12: an idle bridge polled here)
+            storage.wait(self.name, 1, _EMPTY_WAIT_S)
             return True
         flushing = self._flush_target > storage.cursor(self.name)
         if len(entries) < config.max_batch_size and not closing and not flushing:

@@ -206,6 +206,11 @@ class StateStore:
         cp.horizon_ns = int(row[0]) if row else None
         return cp
 
+    @property
+    def staged(self) -> bool:
+        """Spans wait for the next :meth:`commit`."""
+        return bool(self._staged)
+
     def submit(self, spans: Sequence[Span]) -> None:
         """Stages spans for the next :meth:`commit` (the pipeline's span sink)."""
         self._staged.extend(span.SerializeToString() for span in spans)

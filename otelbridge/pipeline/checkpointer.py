@@ -36,8 +36,21 @@ class Checkpointer:
         # completed startups whose spans are not committed yet, by key and attempt
         self._unemitted: dict[ContainerKey, dict[int, StartupRecord]] = {}
         self._emitted: set[ContainerKey] = set()
+        self._completed: set[ContainerKey] = set()  # completed since the last commit
         self.horizon_ns: int | None = None
         """The newest envelope time seen: where a restarted source resumes."""
+        self._committed_horizon_ns: int | None = None
+
+    @property
+    def dirty(self) -> bool:
+        """Something to commit: changed state, staged spans, or a newer horizon."""
+        return bool(
+            self._correlator.has_changes
+            or self._emitted
+            or self._completed
+            or self.store.staged
+            or self.horizon_ns != self._committed_horizon_ns
+        )
 
     def observe(self, timestamp_ns: int) -> None:
         if self.horizon_ns is None or timestamp_ns > self.horizon_ns:
@@ -46,6 +59,7 @@ class Checkpointer:
     def completed(self, record: StartupRecord) -> None:
         """A startup completed; its spans are not committed yet."""
         self._unemitted.setdefault(record.key, {})[record.attempt] = record
+        self._completed.add(record.key)
 
     def emitted(self, record: StartupRecord) -> None:
         """Its spans are staged: the next commit writes them with its new state."""
@@ -77,10 +91,14 @@ class Checkpointer:
 
     def commit(self) -> bool:
         """Commits the changed state and the spans it produced, in one transaction. False
-        when the store could not write (counted there; written with the next commit)."""
+        when the store could not write (counted there; written with the next commit).
+        Nothing to write (not :attr:`dirty`) is no transaction."""
+        if not self.dirty:
+            return True
         correlator = self._correlator
-        keys = correlator.take_changes() | self._emitted | self._unemitted.keys()
-        self._emitted = set()
+        # a key still unemitted but unchanged since it was written keeps its rows
+        keys = correlator.take_changes() | self._emitted | self._completed
+        self._emitted, self._completed = set(), set()
         rows = []
         for key in keys:
             record, last_event_ns, tombstone, prepare_ns = correlator.state_of(key)
@@ -91,6 +109,7 @@ class Checkpointer:
         except StateError:  # a full disk must not stop the stream: state stays in memory
             correlator.mark_changed(keys)  # written with the next commit
             return False
+        self._committed_horizon_ns = self.horizon_ns
         return True
 
 

@@ -49,7 +49,10 @@ from otelbridge.sla import SlaTracker
 
 _log = logging.getLogger(__name__)
 _NS = 1_000_000_000
-_LIVE_TICK_NS = _NS // 5  # live checks deadlines every 200 ms
+_LIVE_TICK_NS = _NS // 5  # live checks deadlines every 200 ms while a startup is open
+# and every second when none is: what remains (tombstones, the GC budget's leak TTL) has
+# deadlines of minutes, and an idle bridge should not wake five times a second
+_IDLE_TICK_NS = _NS
 
 
 class Pipeline:
@@ -101,6 +104,7 @@ class Pipeline:
             metadata_timeout_s=config.enrich.metadata_timeout_s,
         )
         self.runner = LiveRunner(self, counters, clock, queue_size=config.source.queue_size)
+        self.records.on_result(self.runner.wake)
         self.arbiter = ReadinessArbiter(
             readiness_sources,
             self.records,
@@ -225,16 +229,35 @@ class Pipeline:
         """The input has ended: everything in flight is emitted (``incomplete``)."""
         self.chain.finish(self.config.enrich.metadata_timeout_s)
 
-    def turn(self, idle: bool, now_ns: int) -> None:
-        """The event thread's work between two items (see the runner)."""
+    def turn(self, idle: bool, now_ns: int) -> float:
+        """The event thread's work between two items (see the runner); returns how long
+        it may sleep: until the next deadline check, or the next commit of changed state.
+        An idle turn (a wake-up: a lookup's result arrived) releases held startups."""
         if self.arbiter.undecided:
             self.chain.decide()  # every turn: a probe must start promptly
+        if self._open():  # a startup just opened: its deadlines are checked at the fine step
+            self._next_tick_ns = min(self._next_tick_ns, now_ns + _LIVE_TICK_NS)
         if now_ns >= self._next_tick_ns or (idle and self.records.holding):
             self.chain.tick()
-            self._next_tick_ns = now_ns + _LIVE_TICK_NS
-        if self.checkpointer is not None and now_ns >= self._next_commit_ns:
-            self.checkpointer.commit()
-            self._next_commit_ns = now_ns + self._commit_every_ns
+            self._next_tick_ns = now_ns + (_LIVE_TICK_NS if self._open() else _IDLE_TICK_NS)
+        due_ns = self._next_tick_ns
+        checkpointer = self.checkpointer
+        if checkpointer is not None and checkpointer.dirty:
+            if now_ns >= self._next_commit_ns:
+                checkpointer.commit()
+                self._next_commit_ns = now_ns + self._commit_every_ns
+            if checkpointer.dirty:  # still (a failed commit): retry at the next interval
+                due_ns = min(due_ns, self._next_commit_ns)
+        return max(due_ns - now_ns, 0) / _NS
+
+    def _open(self) -> bool:
+        """A startup (or a pod's) is open: its deadlines are checked every 200 ms."""
+        return bool(
+            self.correlator.in_flight
+            or self.records.holding
+            or self.arbiter.undecided
+            or self.pods.starting
+        )
 
     def offer(self, item: SourceItem) -> None:
         """Hands an item to the event thread (the source's and readiness sources' sink)."""

@@ -83,6 +83,11 @@ class RecordDesk:
     def timeout_ns(self) -> int:
         return self._timeout_ns
 
+    def on_result(self, wake: Callable[[], None]) -> None:
+        """``wake`` is called (on a lookup thread) whenever a lookup's result arrives."""
+        if self._pool is not None:
+            self._pool.on_result = wake
+
     # -- looking up ------------------------------------------------------------------------
     def on_new(self, record: StartupRecord) -> None:
         """The correlator tracks a new container: start reading its record."""

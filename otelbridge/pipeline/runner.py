@@ -4,9 +4,11 @@
   its items over a bounded queue: envelopes are dropped (and counted) when it is full,
   listings and readiness verdicts wait for room, they must not be lost;
 * the **event thread** feeds the chain one item at a time, so the events of a container
-  are handled in containerd's order; it decides pending readiness every turn (a probe
-  must start promptly), applies deadlines every 200 ms, and commits the checkpoint every
-  ``state.commit_interval_s``.
+  are handled in containerd's order; between items it takes a *turn* (decide pending
+  readiness, apply deadlines, commit the checkpoint), and the turn says how long the
+  thread may then sleep. It sleeps on the queue: an item, or a :meth:`LiveRunner.wake`
+  (a lookup's result arrived, the runner stops), ends the sleep early. Nothing polls: an
+  idle bridge wakes only for its deadlines.
 
 Shutdown joins the source first, then feeds what it left in the queue on the calling
 thread. A source that dies of an unexpected error stops the runner (``failed``, and the
@@ -15,6 +17,7 @@ reason in ``failure``) rather than leaving the daemon idle.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -42,7 +45,9 @@ class Turns(Protocol):
     """What the event thread does: the pipeline's side of the runner."""
 
     def feed(self, item: SourceItem) -> None: ...
-    def turn(self, idle: bool, now_ns: int) -> None: ...
+    def turn(self, idle: bool, now_ns: int) -> float:
+        """Work between items; returns how long (seconds) the thread may sleep."""
+        ...
 
 
 class LiveRunner:
@@ -52,7 +57,8 @@ class LiveRunner:
         self._turns = turns
         self._counters = counters
         self._clock = clock
-        self.queue: queue.Queue[SourceItem] = queue.Queue(queue_size)
+        # None is a wake-up (see wake), not an item
+        self.queue: queue.Queue[SourceItem | None] = queue.Queue(queue_size)
         self.stop = threading.Event()
         self._source_thread: threading.Thread | None = None
         self._event_thread: threading.Thread | None = None
@@ -77,6 +83,11 @@ class LiveRunner:
             except queue.Full:
                 continue
 
+    def wake(self) -> None:
+        """Ends the event thread's sleep now (any thread). A full queue needs no wake-up."""
+        with contextlib.suppress(queue.Full):
+            self.queue.put_nowait(None)
+
     def start(self, source: Source) -> None:
         self._event_thread = threading.Thread(
             target=self._run_events, name="otelbridge-events", daemon=True
@@ -97,21 +108,24 @@ class LiveRunner:
             self.stop.set()
 
     def _run_events(self) -> None:
-        get = self.queue.get
+        get, get_nowait = self.queue.get, self.queue.get_nowait
         turns = self._turns
-        while not self.stop.is_set():
+        stop = self.stop
+        sleep_s = 0.0
+        while not stop.is_set():
             try:
-                item = get(timeout=0.05)
+                item = get(timeout=sleep_s) if sleep_s > 0 else get_nowait()
             except queue.Empty:
                 item = None
             if item is not None:
                 turns.feed(item)
-            turns.turn(item is None, self._clock.now_ns())
+            sleep_s = turns.turn(item is None, self._clock.now_ns())
 
     def join(self, timeout_s: float) -> bool:
         """Stops the threads, the source first (after it, nothing more is queued). True
         when the event thread stopped: the queue is then the caller's to drain."""
         self.stop.set()
+        self.wake()
         for thread in (self._source_thread, self._event_thread):
             if thread is not None:
                 thread.join(timeout_s)
@@ -124,9 +138,11 @@ class LiveRunner:
         """Feeds what the source left in the queue (the event thread has stopped)."""
         while True:
             try:
-                self._turns.feed(self.queue.get_nowait())
+                item = self.queue.get_nowait()
             except queue.Empty:
                 return
+            if item is not None:
+                self._turns.feed(item)
 
 
 def _said(exc: Exception) -> bool:
