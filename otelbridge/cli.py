@@ -245,24 +245,28 @@ def _config(args: argparse.Namespace) -> Config:
     return dataclasses.replace(cfg, source=source, state=state, runtime=runtime).checked()
 
 
-def _on_signals(stop: threading.Event) -> None:
-    """SIGTERM and SIGINT set ``stop``."""
+def _on_signals(*events: threading.Event) -> None:
+    """SIGTERM and SIGINT set each of ``events``."""
 
     def handler(signum: int, _frame: object) -> None:
         _log.info("received %s, shutting down", signal.Signals(signum).name)
-        stop.set()
+        for event in events:
+            event.set()
 
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
 
 
 def _wait(stop: threading.Event, failed: threading.Event, duration_s: float = 0.0) -> None:
-    """Until a signal (``stop``), a failure, or ``duration_s`` (0: no limit)."""
+    """Until a signal (``stop``), a failure, or ``duration_s`` (0: no limit). Sleeps on
+    ``failed`` (signals set it too, see :func:`_on_signals`): the main thread does not
+    poll; the 5 s bound is a safety net only."""
     deadline = time.monotonic() + duration_s if duration_s else None
     while not stop.is_set() and not failed.is_set():
-        if deadline is not None and time.monotonic() >= deadline:
+        left = 5.0 if deadline is None else deadline - time.monotonic()
+        if left <= 0:
             return
-        stop.wait(0.2)
+        failed.wait(min(left, 5.0))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -310,7 +314,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
         status.start()
     stop = threading.Event()
-    _on_signals(stop)
+    _on_signals(stop, bridge.pipeline.stopped)
     bridge.start()
     _wait(stop, bridge.pipeline.stopped)
     bridge.shutdown()
@@ -334,8 +338,8 @@ def cmd_record(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"otelbridge record: cannot write {args.output}: {exc.strerror}", file=sys.stderr)
         return EXIT_FAILED
-    stop = threading.Event()
     bridge = build_live_bridge(cfg, exporter="none", metrics=False, record_verdicts=True)
+    stop = bridge.pipeline.stopped  # the main thread sleeps on it (see _wait)
     try:
         recorder = bridge.record_to(
             out,

@@ -44,6 +44,7 @@ import hmac
 import http.server
 import json
 import logging
+import selectors
 import socket
 import ssl
 import threading
@@ -343,7 +344,43 @@ class _Server(http.server.ThreadingHTTPServer):
         self.name = name
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
+        # before the bind: a failed bind calls server_close
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._closing = False
+        self._done = threading.Event()
         super().__init__(address, handler)
+
+    def serve_forever(self, poll_interval: float | None = None) -> None:
+        """Accepts until :meth:`shutdown`. Unlike socketserver's loop, which wakes every
+        ``poll_interval`` to look for a shutdown request, this one sleeps on the listening
+        socket and a wake-up socket: an idle status API costs nothing (issue 12)."""
+        del poll_interval
+        self._done.clear()
+        try:
+            with selectors.DefaultSelector() as selector:
+                selector.register(self, selectors.EVENT_READ)
+                selector.register(self._wake_r, selectors.EVENT_READ)
+                while not self._closing:
+                    ready = selector.select()
+                    if self._closing:
+                        break
+                    if any(key.fileobj is self for key, _ in ready):
+                        # socketserver's own step: accept, verify, process, or close
+                        self._handle_request_noblock()  # type: ignore[attr-defined]
+        finally:
+            self._done.set()
+
+    def shutdown(self) -> None:
+        """Ends :meth:`serve_forever` and waits for it (from another thread)."""
+        self._closing = True
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"\0")
+        self._done.wait()
+
+    def server_close(self) -> None:
+        super().server_close()
+        self._wake_r.close()
+        self._wake_w.close()
 
     def process_request(self, request: Any, client_address: Any) -> None:
         """Runs on the accept thread: a slot, then a thread; or the connection is closed."""
