@@ -51,6 +51,7 @@ bench: setup
 	$(BIN)/python benchmarks/memory.py
 	$(BIN)/python benchmarks/processor.py
 	$(BIN)/python benchmarks/hook.py
+	$(BIN)/python benchmarks/live.py
 
 protos: setup
 	PYTHON=$(BIN)/python scripts/gen-protos

@@ -30,6 +30,7 @@ import http.server
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable, Mapping
 from typing import Any, Self
 
@@ -73,6 +74,8 @@ class ReceivedRequest:
     """gRPC metadata or HTTP headers, names lowercased."""
     transport: str
     """``grpc``, ``http/protobuf`` or ``http/json``."""
+    received_ns: int = 0
+    """Wall-clock time (``time.time_ns()``) when it was accepted (freshness benchmarks)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -223,7 +226,9 @@ class _Collector:
         self, request: ExportTraceServiceRequest, headers: Mapping[str, str], transport: str
     ) -> ExportTraceServiceResponse:
         with self._cond:
-            self._requests.append(ReceivedRequest(request, dict(headers), transport))
+            self._requests.append(
+                ReceivedRequest(request, dict(headers), transport, time.time_ns())
+            )
             self._cond.notify_all()
             return ExportTraceServiceResponse(
                 partial_success=ExportTracePartialSuccess(
