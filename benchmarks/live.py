@@ -55,18 +55,18 @@ PY_SPY = shutil.which("py-spy", path=os.path.dirname(sys.executable)) or shutil.
 #: What each of the bridge's threads is for (by the name it runs under).
 PURPOSE = {
     "MainThread": "waits for a signal, then shuts down",
-    "otelbridge-source": "reads containerd's event stream",
+    "otelbridge-source": "connects, lists containerd, hands the stream over; waits",
     "otelbridge-source-stop": "cancels the stream on shutdown",
     "otelbridge-relist": "relists containers every relist interval",
-    "otelbridge-events": "the pipeline: decode, correlate, enrich, emit",
-    "otelbridge-lookup": "containerd record lookups (GetContainer)",
+    "otelbridge-events": "reads the event connection; decode, correlate, enrich, emit",
+    "otelbridge-lookup": "containerd record lookups (GetContainer; TCP addresses only)",
     "otelbridge-export": "delivers spans to the collector (one per exporter)",
     "otelbridge-netns": "enters network namespaces for readiness probes",
     "otelbridge-probes": "runs readiness probes (asyncio)",
     "otelbridge-status": "serves the status API",
     "otelbridge-status-reaper": "closes idle status API connections",
     "grpc_global_tim": "gRPC C core: timers",
-    "event_engine": "gRPC C core: I/O polling and callbacks",
+    "event_engine": "gRPC C core: OTLP export, containerd listings",
     "lifeguard": "gRPC C core: thread pool supervisor",
     "Thread-": "gRPC Python: completion queue of a streaming call",
 }

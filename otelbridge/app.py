@@ -30,7 +30,7 @@ from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from otelbridge import __version__
-from otelbridge.containerd.client import ContainerdClient
+from otelbridge.containerd.client import ContainerdClient, socket_path
 from otelbridge.core import semconv
 from otelbridge.core.clock import Clock, EventTimeClock, SystemClock
 from otelbridge.core.config import Config
@@ -239,6 +239,8 @@ def build_live_bridge(
     client = containerd_client(config, counters)
     lookup: MetadataLookup = client.get_container
     source = LiveSource(client, config.source, counters, clock)
+    # on a unix socket, the event thread reads the stream and the records itself
+    decoder = client.container_from if socket_path(client.address) is not None else None
     readiness = readiness_sources(config, counters)
     pipeline: Pipeline | None = None
 
@@ -261,11 +263,13 @@ def build_live_bridge(
             counters,
             clock=clock,
             lookup=lookup,
+            record_decoder=decoder,
             on_record=on_record,
             readiness_sources=readiness,
             on_measured=on_measured,
             decide_every_start=record_verdicts,
         )
+        _stream_events(client, source, pipeline, decoder is not None)
         _name_the_node(pipeline, exporting)
         return Bridge(
             client,
@@ -299,18 +303,29 @@ def build_live_bridge(
         counters,
         clock=clock,
         lookup=lookup,
+        record_decoder=decoder,
         on_record=on_record,
         store=store,
         readiness_sources=readiness,
         on_measured=on_measured,
         decide_every_start=record_verdicts,
     )
+    _stream_events(client, source, pipeline, decoder is not None)
     source.resume_from(pipeline.restore())
     _name_the_node(pipeline, exporting)
     janitor = _runtime_phases(config, pipeline, counters, clock)
     return Bridge(
         client, source, pipeline, delivery, counters, store, bridge_metrics, hook_spool=janitor
     )
+
+
+def _stream_events(
+    client: ContainerdClient, source: LiveSource, pipeline: Pipeline, streaming: bool
+) -> None:
+    """The event connection (issue 12): opened by the source, read by the event thread;
+    without it (a TCP address) the source reads gRPC's stream on its own thread."""
+    if streaming:
+        source.stream_to(pipeline.runner.attach, client.open_events)
 
 
 def _runtime_phases(

@@ -221,6 +221,9 @@ def _setup_logging(verbosity: int, command: str, log_format: str | None) -> None
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=level, handlers=[handler])
+    # the HTTP/2 library of the event connection logs every frame and header at DEBUG
+    for chatty in ("h2", "hpack"):
+        logging.getLogger(chatty).setLevel(max(level, logging.INFO))
 
 
 def _config(args: argparse.Namespace) -> Config:

@@ -37,6 +37,17 @@ from google.protobuf.message import DecodeError as ProtobufDecodeError
 
 from otelbridge.containerd import records
 from otelbridge.containerd._gen import otelbridge_api_pb2 as api
+from otelbridge.containerd.methods import (
+    ALLOWED_METHODS,
+    M_CONTAINER_GET,
+    M_CONTAINER_LIST,
+    M_CONTAINER_LIST_STREAM,
+    M_NAMESPACE_LIST,
+    M_SUBSCRIBE,
+    M_TASK_LIST,
+    M_VERSION,
+)
+from otelbridge.containerd.stream import EventConnection
 from otelbridge.core import semconv
 from otelbridge.core.counters import Counters
 from otelbridge.core.errors import (
@@ -53,27 +64,6 @@ from otelbridge.core.model import ContainerInfo, RawEnvelope, TaskInfo
 _log = logging.getLogger(__name__)
 # one line per bad record at first; a namespace full of them is throttled
 _tlog = ThrottledLogger(_log)
-
-M_SUBSCRIBE = "/containerd.services.events.v1.Events/Subscribe"
-M_CONTAINER_GET = "/containerd.services.containers.v1.Containers/Get"
-M_CONTAINER_LIST = "/containerd.services.containers.v1.Containers/List"
-M_CONTAINER_LIST_STREAM = "/containerd.services.containers.v1.Containers/ListStream"
-M_TASK_LIST = "/containerd.services.tasks.v1.Tasks/List"
-M_NAMESPACE_LIST = "/containerd.services.namespaces.v1.Namespaces/List"
-M_VERSION = "/containerd.services.version.v1.Version/Version"
-
-#: The only containerd methods the bridge may call. All of them read.
-ALLOWED_METHODS = frozenset(
-    {
-        M_SUBSCRIBE,
-        M_CONTAINER_GET,
-        M_CONTAINER_LIST,
-        M_CONTAINER_LIST_STREAM,
-        M_TASK_LIST,
-        M_NAMESPACE_LIST,
-        M_VERSION,
-    }
-)
 
 _NAMESPACE_HEADER = "containerd-namespace"
 _UNAVAILABLE = frozenset(
@@ -129,14 +119,24 @@ class _AllowList(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterce
 
 def translate(exc: grpc.RpcError, what: str) -> ContainerdError:
     """A grpc error as an otelbridge error (``raise translate(e, ...) from e``)."""
-    code = exc.code() if hasattr(exc, "code") else None
+    code = _code(exc)
     detail = exc.details() if hasattr(exc, "details") else str(exc)
-    message = f"{what}: {code.name if code else 'error'}: {detail}"
-    if code == grpc.StatusCode.NOT_FOUND:
+    return status_error(code.value[0] if code is not None else 2, detail or "", what)
+
+
+_CODES = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def status_error(code: int, detail: str, what: str) -> ContainerdError:
+    """A gRPC status (its number) as an otelbridge error: the one translation of both
+    the gRPC client's errors and the event connection's trailers."""
+    status = _CODES.get(code)
+    message = f"{what}: {status.name if status else 'error'}: {detail}"
+    if status == grpc.StatusCode.NOT_FOUND:
         return NotFound(message)
-    if code in _UNAVAILABLE:
+    if status in _UNAVAILABLE:
         return ContainerdUnavailable(message)
-    if code == grpc.StatusCode.UNIMPLEMENTED:
+    if status == grpc.StatusCode.UNIMPLEMENTED:
         # every method translated here exists in every containerd since 1.0 (ListStream's
         # absence is handled before translating): whoever answers is not containerd
         return ContainerdMisconfigured(message)
@@ -283,6 +283,24 @@ class ContainerdClient:
         call = self._subscribe(api.SubscribeRequest(filters=list(filters)))
         return Subscription(call)
 
+    def open_events(self, filters: Sequence[str] = ()) -> EventConnection:
+        """An event subscription on a connection of its own, read without threads
+        (:mod:`otelbridge.containerd.stream`); it carries ``Containers/Get`` too. Raises
+        :class:`ContainerdUnavailable`, or ``ValueError`` when the address is not a unix
+        socket (:meth:`subscribe` serves those)."""
+        path = socket_path(self.address)
+        if path is None:
+            raise ValueError(f"{self.address} is not a unix socket")
+        connection = EventConnection.open(
+            path,
+            allowed=ALLOWED_METHODS,
+            status_error=status_error,
+            max_message=_MAX_MESSAGE,
+            timeout_s=self._timeout,
+        )
+        connection.subscribe(filters)
+        return connection
+
     def get_container(self, namespace: str, container_id: str) -> ContainerInfo:
         """The record of one container. Raises :class:`NotFound` when it is gone,
         :class:`DecodeError` when containerd's answer cannot be read even leniently
@@ -296,9 +314,16 @@ class ContainerdClient:
             )
         except grpc.RpcError as exc:
             raise translate(exc, what) from exc
+        return self.container_from(namespace, container_id, raw)
+
+    def container_from(self, namespace: str, container_id: str, raw: bytes) -> ContainerInfo:
+        """A ``GetContainerResponse`` (serialized) as a record, decoded as
+        :meth:`get_container` decodes it (the event connection's Gets)."""
         info = self._decode(namespace, _held(raw), container_id)
         if info is None:
-            raise DecodeError(f"{what}: the record cannot be decoded")
+            raise DecodeError(
+                f"Containers/Get {namespace}/{container_id}: the record cannot be decoded"
+            )
         return info
 
     def list_containers(self, namespace: str) -> list[ContainerInfo]:

@@ -33,7 +33,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from otelbridge.core import semconv
@@ -125,6 +125,18 @@ class Correlator:
     @property
     def in_flight(self) -> int:
         return len(self._live)
+
+    def expecting(self, within_ns: int) -> bool:
+        """Whether a snapshot was prepared in the last ``within_ns`` (clock time) and no
+        container has claimed it yet: a container is about to be created."""
+        if not self._prepares:
+            return False
+        _, deadline = next(reversed(self._prepares.values()))  # the newest is last
+        return deadline - self._snapshot_ttl_ns > self._clock.now_ns() - within_ns
+
+    def awaiting_start(self) -> Iterator[StartupRecord]:
+        """The startups in flight whose task has not started yet."""
+        return (f.record for f in self._live.values() if f.record.task_start_ns is None)
 
     @property
     def tracked(self) -> int:

@@ -130,6 +130,9 @@ class StateStore:
         self._cursors: dict[str, int] = {}
         self._sending: dict[str, int] = {}  # lane -> newest id of the batch it sends
         self._wakes = 0
+        # lane -> how many rows it waits for: a commit wakes a lane only once they are
+        # there, not at every commit (issue 12: each wake-up is a thread switch)
+        self._wanted: dict[str, int] = {}
         self._problem: str | None = None
         db = self._db()
         try:
@@ -240,7 +243,11 @@ class StateStore:
             self._spool_rows += len(staged)
             self._spool_bytes += added
             self._newest = max(self._newest, newest)
-            self._cond.notify_all()
+            if any(
+                self._newest - self._cursors.get(lane, 0) >= count
+                for lane, count in self._wanted.items()
+            ):
+                self._cond.notify_all()
         if staged:
             self._enforce_budget()
 
@@ -421,9 +428,14 @@ class StateStore:
     def wait(self, lane: str, count: int, timeout_s: float) -> None:
         with self._cond:
             wakes = self._wakes
-            self._cond.wait_for(
-                lambda: self._wakes != wakes or self._waiting(lane, count), max(timeout_s, 0.0)
-            )
+            self._wanted[lane] = count
+            try:
+                self._cond.wait_for(
+                    lambda: self._wakes != wakes or self._waiting(lane, count),
+                    max(timeout_s, 0.0),
+                )
+            finally:
+                del self._wanted[lane]
 
     def _waiting(self, lane: str, count: int) -> bool:
         """Whether ``lane`` has ``count`` rows after its cursor (rows, not ids: the

@@ -98,6 +98,8 @@ class MemoryStorage:
         self._cursors: dict[str, int] = {}
         self._closed = False
         self._wakes = 0  # wake() calls: a wait ends when it changes
+        # lane -> how many entries it waits for: a submit wakes it only once they are there
+        self._wanted: dict[str, int] = {}
 
     # -- the pipeline's side ---------------------------------------------------------------
     def submit(self, spans: Sequence[Span]) -> None:
@@ -114,7 +116,10 @@ class MemoryStorage:
                 self._next_id += 1
             lanes = max(len(self._cursors), 1)
             closed = self._closed
-            if taken:
+            if taken and any(
+                self._next_id - 1 - self._cursors.get(lane, 0) >= count
+                for lane, count in self._wanted.items()
+            ):
                 self._cond.notify_all()
         dropped = len(spans) - len(taken)
         if dropped:
@@ -179,10 +184,16 @@ class MemoryStorage:
     def wait(self, lane: str, count: int, timeout_s: float) -> None:
         with self._cond:
             wakes = self._wakes
-            self._cond.wait_for(
-                lambda: self._wakes != wakes or self._next_id - 1 - self._cursors[lane] >= count,
-                max(timeout_s, 0.0),
-            )
+            self._wanted[lane] = count
+            try:
+                self._cond.wait_for(
+                    lambda: (
+                        self._wakes != wakes or self._next_id - 1 - self._cursors[lane] >= count
+                    ),
+                    max(timeout_s, 0.0),
+                )
+            finally:
+                del self._wanted[lane]
 
     def wake(self) -> None:
         with self._cond:

@@ -42,9 +42,9 @@ from otelbridge.pipeline.arbiter import ReadinessArbiter
 from otelbridge.pipeline.chain import Chain
 from otelbridge.pipeline.checkpointer import Checkpointer
 from otelbridge.pipeline.emitter import Emitter, SpanSink
-from otelbridge.pipeline.records import MetadataLookup, RecordDesk
+from otelbridge.pipeline.records import MetadataLookup, RecordDecoder, RecordDesk
 from otelbridge.pipeline.runner import LiveRunner, Source
-from otelbridge.readiness import ReadinessSource
+from otelbridge.readiness import SOURCE_PROBE, ReadinessSource
 from otelbridge.sla import SlaTracker
 
 _log = logging.getLogger(__name__)
@@ -53,6 +53,8 @@ _LIVE_TICK_NS = _NS // 5  # live checks deadlines every 200 ms while a startup i
 # and every second when none is: what remains (tombstones, the GC budget's leak TTL) has
 # deadlines of minutes, and an idle bridge should not wake five times a second
 _IDLE_TICK_NS = _NS
+# a snapshot prepared this recently and unclaimed announces a container (see prompt())
+_EXPECTING_NS = 2 * _NS
 
 
 class Pipeline:
@@ -68,6 +70,7 @@ class Pipeline:
         wall_clock: Clock | None = None,
         lookup: MetadataLookup | None = None,
         lookup_async: bool = True,
+        record_decoder: RecordDecoder | None = None,
         on_record: Callable[[StartupRecord, list[Span]], None] | None = None,
         store: StateStore | None = None,
         readiness_sources: Sequence[ReadinessSource] = (),
@@ -76,10 +79,12 @@ class Pipeline:
         recorded_verdicts: bool = False,
     ) -> None:
         """``sink`` receives the spans; with a ``store`` (then the sink too), state and
-        spans are committed together. ``decide_every_start``: ask the arbiter at every
-        ``/tasks/start`` even without readiness sources (a recording then holds every
-        verdict). ``recorded_verdicts``: a replay of such a recording: the verdicts are
-        its items, the arbiter decides nothing."""
+        spans are committed together. ``record_decoder``: live, records are read on the
+        event connection the source attaches (``lookup`` then reads only at shutdown).
+        ``decide_every_start``: ask the arbiter at every ``/tasks/start`` even without
+        readiness sources (a recording then holds every verdict). ``recorded_verdicts``:
+        a replay of such a recording: the verdicts are its items, the arbiter decides
+        nothing."""
         self.config = config
         self.counters = counters
         if clock is None:
@@ -102,9 +107,20 @@ class Pipeline:
             asynchronous=lookup_async,
             workers=config.enrich.lookup_workers,
             metadata_timeout_s=config.enrich.metadata_timeout_s,
+            decode=record_decoder,
         )
-        self.runner = LiveRunner(self, counters, clock, queue_size=config.source.queue_size)
+        # a probe's verdict is timed by our reading: see prompt()
+        self._probing = any(source.name == SOURCE_PROBE for source in readiness_sources)
+        self.runner = LiveRunner(
+            self,
+            counters,
+            clock,
+            queue_size=config.source.queue_size,
+            batch_window_s=config.source.batch_window_s,
+        )
         self.records.on_result(self.runner.wake)
+        if self.records.stream is not None:
+            self.runner.on_attach.append(self.records.stream.attach)
         self.arbiter = ReadinessArbiter(
             readiness_sources,
             self.records,
@@ -249,6 +265,26 @@ class Pipeline:
             if checkpointer.dirty:  # still (a failed commit): retry at the next interval
                 due_ns = min(due_ns, self._next_commit_ns)
         return max(due_ns - now_ns, 0) / _NS
+
+    def prompt(self) -> bool:
+        """Whether the next events must be read as they come (no
+        ``source.batch_window_s``): a snapshot was just prepared, so a container is about
+        to be created, and its record must be asked for while it exists (``ctr run --rm``
+        deletes it a moment later); or a container the probe may judge has not started,
+        and its probe must start at ``/tasks/start`` (the first success is its ready
+        time)."""
+        if self.correlator.expecting(_EXPECTING_NS):
+            return True
+        if not self._probing:
+            return False
+        may_name = self.records.may_name_readiness
+        return any(may_name(record) for record in self.correlator.awaiting_start())
+
+    def blocked(self) -> bool:
+        """A started container waits for its record to decide its readiness: the events
+        read after it wait too (an exit read in the same batch would otherwise make it
+        ``exited`` before its verdict)."""
+        return self.arbiter.undecided
 
     def _open(self) -> bool:
         """A startup (or a pod's) is open: its deadlines are checked every 200 ms."""

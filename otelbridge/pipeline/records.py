@@ -13,7 +13,8 @@ read: its trace context resolved, its labels cut to the tenant limits; an app co
 of a Kubernetes pod gets its pod from the :class:`~otelbridge.correlate.pods.PodDirectory`,
 or by reading its sandbox's record once.
 
-Called on the event thread only, except :meth:`RecordDesk.read` (lookup threads).
+Called on the event thread only, except :meth:`RecordDesk.read` (lookup threads, when
+records are not read on the event connection).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from otelbridge.core.errors import NotFound
 from otelbridge.core.logutil import ThrottledLogger
 from otelbridge.core.model import ContainerInfo, ContainerKey, StartupRecord
 from otelbridge.correlate.pods import PodDirectory
-from otelbridge.enrich.lookups import LookupPool
+from otelbridge.enrich.lookups import LookupPool, StreamLookups
 from otelbridge.enrich.stage import Enricher
 
 _tlog = ThrottledLogger(logging.getLogger(__name__))
@@ -37,6 +38,10 @@ _NS = 1_000_000_000
 
 MetadataLookup = Callable[[str, str], ContainerInfo]
 """``(namespace, container id) -> ContainerInfo``; raises NotFound or another error."""
+
+RecordDecoder = Callable[[str, str, bytes], ContainerInfo]
+"""``(namespace, container id, Get response) -> ContainerInfo``: the records read on
+the event connection (:meth:`~otelbridge.containerd.client.ContainerdClient.container_from`)."""
 
 
 @dataclass(slots=True)
@@ -62,17 +67,28 @@ class RecordDesk:
         asynchronous: bool,
         workers: int,
         metadata_timeout_s: float,
+        decode: RecordDecoder | None = None,
     ) -> None:
+        """``decode``: lookups ride on the event connection (:class:`StreamLookups`, the
+        runner attaches it), ``lookup`` reads only at shutdown; else, asynchronous
+        lookups run ``lookup`` on ``workers`` threads."""
         self.enricher = enricher
         self.pods = PodDirectory()
         self._counters = counters
         self._clock = clock
         self._lookup = lookup
-        self._pool = (
-            LookupPool(self.read, workers, counters)
-            if lookup is not None and asynchronous
-            else None
-        )
+        self.stream: StreamLookups | None = None
+        self._pool: LookupPool | StreamLookups | None = None
+        if lookup is not None and asynchronous:
+            if decode is not None:
+                self.stream = StreamLookups(
+                    lambda key, raw: self.accept(key, decode(key.namespace, key.id, raw)),
+                    self.read,
+                    counters,
+                )
+                self._pool = self.stream
+            else:
+                self._pool = LookupPool(self.read, workers, counters)
         self._tickets: dict[int, int] = {}  # id(record) -> ticket, while the record lives
         self._held: list[_Held] = []
         self._lazy: set[int] = set()  # id(record) of records to read when needed (replay)
@@ -118,7 +134,11 @@ class RecordDesk:
         app container of a pod gets its pod from the directory, or by reading its
         sandbox's record."""
         assert self._lookup is not None
-        info = self._lookup(key.namespace, key.id)
+        return self.accept(key, self._lookup(key.namespace, key.id))
+
+    def accept(self, key: ContainerKey, info: ContainerInfo) -> ContainerInfo:
+        """Admits a record just read (see :meth:`read`)."""
+        assert self._lookup is not None
         if self.on_read is not None:
             self.on_read(info)
         cri = info.cri
@@ -159,6 +179,19 @@ class RecordDesk:
         if info is not None:
             record.info = info
         return True, info
+
+    def may_name_readiness(self, record: StartupRecord) -> bool:
+        """Whether ``record``'s container names a readiness target, or may (its record
+        is still being read). Takes nothing."""
+        info = record.info
+        if info is None:
+            ticket = self._tickets.get(id(record))
+            if ticket is None or self._pool is None:
+                return False
+            done, info = self._pool.peek(ticket)
+            if not done:
+                return True
+        return info is not None and bool(info.readiness)
 
     # -- completed startups waiting for their record ----------------------------------------
     def hold(self, record: StartupRecord) -> bool:

@@ -39,7 +39,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from typing import Protocol
+from typing import Any, Protocol, cast
 
 from otelbridge.containerd.diagnose import Diagnosis, diagnose
 from otelbridge.core import semconv
@@ -70,6 +70,20 @@ class EventStream(Protocol):
 
     def cancel(self) -> None: ...
     def __iter__(self) -> Iterator[RawEnvelope]: ...
+
+
+class AttachableStream(Protocol):
+    """A stream the event thread reads itself (:class:`~otelbridge.pipeline.runner.Stream`);
+    the source only waits for its end."""
+
+    @property
+    def done(self) -> threading.Event: ...
+    @property
+    def error(self) -> ContainerdError | None: ...
+    @property
+    def newest_ns(self) -> int | None: ...
+    def cancel(self) -> None: ...
+    def close(self) -> None: ...
 
 
 class ContainerdAPI(Protocol):
@@ -110,12 +124,24 @@ class LiveSource:
         self._namespaces_checked = False
         self._sessions = 0
         self._lock = threading.Lock()
-        self._current: EventStream | None = None
+        self._current: EventStream | AttachableStream | None = None
         self._problem: str | None = None
         # the problem last said at WARNING, and when: a lasting one is not repeated
         self._said: str | None = None
         self._said_at_ns = 0
         self._failures_since_said = 0
+        self._attach: Callable[[Any], None] | None = None
+        self._open_events: Callable[[Sequence[str]], AttachableStream] | None = None
+
+    def stream_to(
+        self,
+        attach: Callable[[Any], None],
+        open_events: Callable[[Sequence[str]], AttachableStream],
+    ) -> None:
+        """Each session's event stream is opened with ``open_events`` and handed to the
+        event thread with ``attach`` (the runner's), instead of being read here."""
+        self._attach = attach
+        self._open_events = open_events
 
     @property
     def problem(self) -> str | None:
@@ -204,10 +230,16 @@ class LiveSource:
         subscription, listing) fails; returns whether it was established, once its
         stream has ended or ``stop`` is set."""
         version = self._client.version()
-        subscription = self._client.subscribe(self.filters())
+        subscription: EventStream | AttachableStream
+        stream: AttachableStream | None = None
+        if self._open_events is not None:
+            subscription = stream = self._open_events(self.filters())
+        else:
+            subscription = self._client.subscribe(self.filters())
         with self._lock:
             self._current = subscription
         ended = threading.Event()
+        attached = False
         try:
             # the watcher cancels only a subscription it saw: check after publishing it
             if stop.is_set():
@@ -233,21 +265,47 @@ class LiveSource:
                     name="otelbridge-relist",
                     daemon=True,
                 ).start()
-            try:
-                for envelope in subscription:
-                    if self._horizon_ns is None or envelope.timestamp_ns > self._horizon_ns:
-                        self._horizon_ns = envelope.timestamp_ns
-                    sink(envelope)
-            except ContainerdError as exc:
-                if not stop.is_set():
-                    self._problem = f"the event stream from containerd ended: {exc}"
-                    _log.warning("containerd event stream ended: %s", exc)
+            if stream is not None:
+                assert self._attach is not None
+                self._attach(stream)
+                attached = True
+                self._follow(stream, stop)
+            else:
+                self._iterate(cast(EventStream, subscription), sink, stop)
             return True
         finally:
             ended.set()
             with self._lock:
                 self._current = None
             subscription.cancel()
+            if stream is not None and not attached:
+                stream.close()  # never handed over: nobody else closes it
+
+    def _follow(self, stream: AttachableStream, stop: threading.Event) -> None:
+        """Waits while the event thread reads ``stream``, until it ends (or ``stop``:
+        the watcher cancels it)."""
+        stream.done.wait()
+        if stream.newest_ns is not None and (
+            self._horizon_ns is None or stream.newest_ns > self._horizon_ns
+        ):
+            self._horizon_ns = stream.newest_ns
+        if stream.error is not None and not stop.is_set():
+            self._problem = f"the event stream from containerd ended: {stream.error}"
+            _log.warning("containerd event stream ended: %s", stream.error)
+
+    def _iterate(
+        self, subscription: EventStream, sink: Callable[[SourceItem], None], stop: threading.Event
+    ) -> None:
+        """Reads ``subscription`` on this thread, handing each envelope to ``sink``."""
+        try:
+            for envelope in subscription:
+                if self._horizon_ns is None or envelope.timestamp_ns > self._horizon_ns:
+                    self._horizon_ns = envelope.timestamp_ns
+                sink(envelope)
+        except ContainerdError as exc:
+            if not stop.is_set():
+                self._problem = f"the event stream from containerd ended: {exc}"
+                _log.warning("containerd event stream ended: %s", exc)
 
     def _relist(
         self, sink: Callable[[SourceItem], None], ended: threading.Event, since_ns: int

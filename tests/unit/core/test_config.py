@@ -95,6 +95,7 @@ EXPECTED = Config(
         subscribe_settle_s=0.1,
         queue_size=4096,
         relist_interval_s=15.0,
+        batch_window_s=0.25,
     ),
     correlate=CorrelateConfig(
         startup_timeout_s=120.0,
