@@ -5,7 +5,9 @@ containers part-way through their startup (snapshot prepared, created, task crea
 longest-lived in-flight state) and for started containers (the tombstone kept until
 delete), through the real decode and correlate stages; and through the whole live
 pipeline, with each container's record read on the lookup threads and held (admitted)
-until its startup completes.
+until its startup completes. Last, the process's RSS after 10,000, 50,000 and 100,000
+complete startups fed through one replay pipeline (after the measurements above, in the
+same process): whether what a long run keeps stays bounded.
 
 Run: ``.venv/bin/python benchmarks/memory.py [--containers N]``.
 """
@@ -89,6 +91,33 @@ def measure_live(envelopes: list[RawEnvelope], n: int) -> float:
     return sum(s.size_diff for s in after.compare_to(before, "filename")) / n
 
 
+def rss_kib() -> int:
+    with open("/proc/self/status") as f:
+        return int(f.read().split("VmRSS:")[1].split()[0])
+
+
+def rss_over(total: int, marks: Sequence[int]) -> list[tuple[int, int]]:
+    """The process's RSS after ``marks`` of ``total`` complete startups through a
+    pipeline (each container removed, as ``ctr run --rm`` does), fed as they are made:
+    what stays after a long run (tombstones expire with event time)."""
+
+    class Sink:
+        def submit(self, spans: Sequence[Span]) -> None:
+            pass
+
+    timeline = Timeline()
+    pipeline = Pipeline(Config(), Sink(), Counters(), clock=EventTimeClock())
+    out = []
+    for i in range(1, total + 1):
+        for env in timeline.run_container(f"rss-{i:07d}"):
+            pipeline.feed(env)
+        if i in marks:
+            gc.collect()
+            out.append((i, rss_kib()))
+    pipeline.finish()
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--containers", type=int, default=20000)
@@ -115,6 +144,9 @@ def main() -> None:
     print(f"  live pipeline, in flight, record held {per_live:6.0f} bytes")
     verdict = "meets" if per_live <= 1024 else "MISSES"
     print(f"  bar: <= 1024 bytes per in-flight container (live pipeline): {verdict}")
+    print("RSS after N complete startups (one process, fed as they come):")
+    for done, kib in rss_over(100_000, (10_000, 50_000, 100_000)):
+        print(f"  {done:7d} startups  {kib / 1024:6.1f} MiB")
 
 
 if __name__ == "__main__":

@@ -236,8 +236,9 @@ class StreamLookups:
         self._results.pop(ticket, None)
 
     def wait(self, tickets: Iterable[int], timeout_s: float) -> bool:
-        """Reads the records of ``tickets`` still pending synchronously, at most
-        ``timeout_s`` in all (the event thread has stopped: nobody reads the connection)."""
+        """Reads the records of ``tickets`` still pending synchronously (the event thread
+        has stopped: nobody reads the connection). No read starts after ``timeout_s``;
+        one started may take its own call timeout beyond it."""
         deadline = time.monotonic() + timeout_s
         for ticket in tickets:
             key = self._pending.get(ticket)
