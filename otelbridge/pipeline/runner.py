@@ -11,7 +11,10 @@
   are handled in containerd's order, queued items before the stream's; then it takes a
   *turn* (decide pending readiness, apply deadlines, commit the checkpoint), which says
   how long it may sleep. Nothing polls, and an event read off the socket crosses no
-  thread: one wake-up per read, however many events it holds (issue 12).
+  thread: one wake-up per read, however many events it holds (issue 12). While the
+  stream is held for a batch window, the turn's deadlines wait for the window's end
+  (one wake-up for the read, the checks and the commit); a ``wake()`` from the event
+  thread itself (a lookup answered on its connection) only makes the next turn idle.
 
 Shutdown joins the source first, then feeds what it left in the queue on the calling
 thread. A source that dies of an unexpected error stops the runner (``failed``, and the
@@ -112,6 +115,8 @@ class LiveRunner:
         self.stop = threading.Event()
         self._source_thread: threading.Thread | None = None
         self._event_thread: threading.Thread | None = None
+        self._event_ident: int | None = None
+        self._woke_itself = False  # wake() was called on the event thread
         self.failed = False
         """Set when the source died of an unexpected error (the runner has stopped)."""
         self.failure = ""
@@ -148,7 +153,12 @@ class LiveRunner:
             return
 
     def wake(self) -> None:
-        """Ends the event thread's sleep now (any thread)."""
+        """Ends the event thread's sleep now (any thread). Called on the event thread
+        itself (a lookup answered on its connection), it only makes the coming turn an
+        idle one: the thread is awake, and a wake-up would cost it another loop."""
+        if threading.get_ident() == self._event_ident:
+            self._woke_itself = True
+            return
         with self._wake_lock:  # not a closed fd, whose number may be another's by now
             if self._wake_fd >= 0:
                 os.eventfd_write(self._wake_fd, 1)
@@ -184,11 +194,14 @@ class LiveRunner:
         held_until = 0  # clock time until which the stream's socket is left alone
         pending: deque[RawEnvelope] = deque()  # read, not fed yet (blocked)
         now_ns = self._clock.now_ns
+        self._event_ident = threading.get_ident()
         try:
             while not stop.is_set():
                 readable = False
                 if held_until:
-                    sleep_s = min(sleep_s, max(held_until - now_ns(), 0) / _NS)
+                    # the turn's deadlines (checks, the next commit) wait for the window's
+                    # end too, at most batch_window_s: one wake-up for all of it
+                    sleep_s = max(held_until - now_ns(), 0) / _NS
                 for key, _ in selector.select(sleep_s):
                     if key.fd == self._wake_fd:
                         with contextlib.suppress(BlockingIOError):
@@ -213,7 +226,9 @@ class LiveRunner:
                         self._detach(selector, stream)
                         stream = None
                 fed = self._feed_pending(pending) or fed
-                sleep_s = turns.turn(not fed, now_ns())
+                idle = not fed or self._woke_itself
+                self._woke_itself = False
+                sleep_s = turns.turn(idle, now_ns())
                 if pending:  # blocked: the record it waits for comes on the stream, unheld
                     if not turns.blocked():
                         sleep_s = 0.0  # the turn unblocked it: go on at once

@@ -54,6 +54,7 @@ class FakeStream:
         self.done = threading.Event()
         self.closed = False
         self.read_count = 0  # envelopes returned by read()
+        self.on_read: Callable[[], None] | None = None  # called in read() (a Get answered)
 
     def fileno(self) -> int:
         return self._reader.fileno()
@@ -68,6 +69,8 @@ class FakeStream:
                 self.done.set()
                 break
             self._buffer += chunk
+        if self.on_read is not None:
+            self.on_read()
         *lines, self._buffer = self._buffer.split(b"\n")
         self.read_count += len(lines)
         return [RawEnvelope(next(_stamps), "default", "/test", "", line) for line in lines]
@@ -90,6 +93,7 @@ class FakeTurns:
         self.is_blocked = False
         self.block_after: bytes | None = None  # feeding this payload blocks
         self.unblock_in_turn = False
+        self.idle_turns: list[bool] = []  # each turn's ``idle``
         self._lock = threading.Lock()
         self._gated = False
         self.parked = threading.Event()
@@ -101,6 +105,7 @@ class FakeTurns:
             self.is_blocked = True
 
     def turn(self, idle: bool, now_ns: int) -> float:
+        self.idle_turns.append(idle)
         with self._lock:
             gated = self._gated
         if gated:
@@ -310,3 +315,34 @@ def test_offered_items_are_fed_before_the_streams_envelopes_of_the_same_iteratio
     wait_until(lambda: len(h.turns.fed) == 2)
     assert h.turns.fed[0] is snapshot
     assert h.turns.names() == ["e"]
+
+
+def test_a_wake_up_from_the_event_thread_makes_that_turn_idle_without_another_loop(
+    h: Harness,
+) -> None:
+    """A lookup answered on the event thread's own connection calls ``wake()`` there: the
+    turn after that read is an idle one (held startups are released), and no extra turn
+    follows (no eventfd write, no second wake-up)."""
+    h.stream.write("a")
+    runner = h.start()
+    wait_until(lambda: h.turns.names() == ["a"])
+    turns_before = len(h.turns.idle_turns)
+    h.stream.on_read = runner.wake
+    h.stream.write("b")
+    wait_until(lambda: h.turns.names() == ["a", "b"])
+    wait_until(lambda: len(h.turns.idle_turns) > turns_before)
+    assert h.turns.idle_turns[turns_before] is True  # fed, yet idle: a result arrived
+    assert stays_false(lambda: len(h.turns.idle_turns) > turns_before + 1)
+
+
+def test_while_the_stream_is_held_the_turns_deadlines_wait_for_the_window_end(
+    h: Harness,
+) -> None:
+    """Deadlines due within a batch window (checks, the next commit) are taken at its end,
+    in the same wake-up as the read, not each in a wake-up of their own."""
+    h.turns.sleep_s = 0.01  # the turn asks to run again in 10 ms
+    h.stream.write("a")
+    h.start(batch_window_s=WINDOW_S)
+    wait_until(lambda: h.turns.names() == ["a"])
+    held_turns = len(h.turns.idle_turns)
+    assert stays_false(lambda: len(h.turns.idle_turns) > held_turns + 1)
