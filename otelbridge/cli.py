@@ -221,9 +221,8 @@ def _setup_logging(verbosity: int, command: str, log_format: str | None) -> None
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=level, handlers=[handler])
-    # the HTTP/2 library of the event connection logs every frame and header at DEBUG
-    for chatty in ("h2", "hpack"):
-        logging.getLogger(chatty).setLevel(max(level, logging.INFO))
+    # the HPACK library of the event connection logs every header it decodes at DEBUG
+    logging.getLogger("hpack").setLevel(max(level, logging.INFO))
 
 
 def _config(args: argparse.Namespace) -> Config:

@@ -6,7 +6,8 @@ and the thread iterating the call), and each event then crosses to the event thr
 a small node that is three thread wake-ups per containerd event, most of the bridge's
 CPU (issue 12). :class:`EventConnection` speaks the little of gRPC the hot path needs,
 ``Events/Subscribe`` and ``Containers/Get``, as streams of one HTTP/2 connection over
-the unix socket (the ``h2`` library keeps the protocol's state), without a thread: the
+the unix socket (:mod:`otelbridge.containerd.http2` keeps the protocol's state), without
+a thread: the
 event thread waits on :meth:`EventConnection.fileno` with its other inputs and calls
 :meth:`EventConnection.read` when the socket is readable.
 
@@ -23,21 +24,20 @@ handed to the event thread (the runner's ``attach``), only that thread uses it, 
 from __future__ import annotations
 
 import contextlib
+import logging
 import socket
 import struct
 import threading
 from collections.abc import Callable, Sequence
 
-import h2.config
-import h2.connection
-import h2.events
-import h2.exceptions
-import h2.settings
 from google.protobuf.message import DecodeError as ProtobufDecodeError
 
 from otelbridge.containerd._gen import otelbridge_api_pb2 as api
+from otelbridge.containerd.http2 import Http2Client, ProtocolError, RequestTooLarge
+from otelbridge.containerd.http2 import Stream as Http2Stream
 from otelbridge.containerd.methods import M_CONTAINER_GET, M_SUBSCRIBE
 from otelbridge.core.errors import ContainerdError, ContainerdUnavailable, MethodNotAllowed
+from otelbridge.core.logutil import ThrottledLogger
 from otelbridge.core.model import RawEnvelope
 
 _PREFIX = struct.Struct(">BI")  # gRPC message framing: compressed flag, length
@@ -46,6 +46,7 @@ _READS = 16  # at most this many reads per read(): the event thread has other wo
 # the receive window: large, so a burst of events is not held up by WINDOW_UPDATEs
 _WINDOW = 1 << 20
 _NS = 1_000_000_000
+_tlog = ThrottledLogger(logging.getLogger(__name__))
 
 GetDone = Callable[[bytes | None, ContainerdError | None], None]
 """Called with a Get's response message (still serialized), or the error that ended it."""
@@ -54,10 +55,11 @@ GetDone = Callable[[bytes | None, ContainerdError | None], None]
 class _Call:
     """One gRPC call on the connection: its response messages reassembled."""
 
-    __slots__ = ("buffer", "done", "messages", "status", "what")
+    __slots__ = ("buffer", "done", "messages", "status", "stream", "what")
 
     def __init__(self, what: str, done: GetDone | None) -> None:
         self.what = what
+        self.stream: Http2Stream | None = None
         self.done = done  # None: the subscription, whose messages are envelopes
         self.buffer = bytearray()
         self.messages: list[bytes] = []
@@ -85,18 +87,9 @@ class EventConnection:
         self._status_error = status_error
         self._max_message = max_message
         self._timeout_s = timeout_s
-        self._h2 = h2.connection.H2Connection(
-            h2.config.H2Configuration(
-                client_side=True,
-                header_encoding=None,
-                # containerd's answers are read for grpc-status only; checking every
-                # header block costs more than the rest of a Get (issue 12)
-                validate_inbound_headers=False,
-                normalize_inbound_headers=False,
-            )
-        )
-        self._calls: dict[int, _Call] = {}
-        self._subscription: int | None = None
+        self._http = Http2Client(self, window=_WINDOW)
+        self._calls: set[_Call] = set()  # sent, not finished
+        self._envelopes: list[RawEnvelope] = []  # completed by the read under way
         self._cancelled = False
         self._ended = False
         self.done = threading.Event()
@@ -105,11 +98,6 @@ class EventConnection:
         """Why the stream ended, when containerd or the socket ended it."""
         self.newest_ns: int | None = None
         """The newest envelope time read (where the next session's listing starts)."""
-        self._h2.local_settings = h2.settings.Settings(
-            client=True, initial_values={h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: _WINDOW}
-        )
-        self._h2.initiate_connection()
-        self._h2.increment_flow_control_window(_WINDOW)
         self._flush()
 
     @classmethod
@@ -146,7 +134,7 @@ class EventConnection:
     def subscribe(self, filters: Sequence[str]) -> None:
         """Opens the event subscription (containerd filter syntax)."""
         request = api.SubscribeRequest(filters=list(filters)).SerializeToString()
-        self._subscription = self._start(M_SUBSCRIBE, request, "", _Call("event stream", None))
+        self._start(M_SUBSCRIBE, request, "", _Call("event stream", None))
 
     def get_container(self, namespace: str, container_id: str, done: GetDone) -> None:
         """Asks for one container's record; ``done`` is called from :meth:`read` (or now,
@@ -158,7 +146,7 @@ class EventConnection:
         except ContainerdError as exc:
             done(None, exc)
 
-    def _start(self, method: str, request: bytes, namespace: str, call: _Call) -> int:
+    def _start(self, method: str, request: bytes, namespace: str, call: _Call) -> None:
         if method not in self._allowed:
             raise MethodNotAllowed(f"containerd method {method} is not on the read-only allow-list")
         if self._ended:
@@ -173,15 +161,15 @@ class EventConnection:
         ]
         if namespace:
             headers.append((b"containerd-namespace", namespace.encode()))
-        try:
-            stream_id = self._h2.get_next_available_stream_id()
-            self._h2.send_headers(stream_id, headers)
-            self._h2.send_data(stream_id, _PREFIX.pack(0, len(request)) + request, end_stream=True)
-        except h2.exceptions.H2Error as exc:
+        try:  # sent now, or once containerd's limits (streams, window) let it
+            call.stream = self._http.request(headers, _PREFIX.pack(0, len(request)) + request, call)
+        except RequestTooLarge as exc:
+            raise ContainerdError(f"{call.what}: {exc}") from exc
+        except ProtocolError as exc:
+            self._end(ContainerdUnavailable(f"event stream: {exc}"))
             raise ContainerdUnavailable(f"{call.what}: {exc}") from exc
-        self._calls[stream_id] = call
+        self._calls.add(call)
         self._flush()
-        return stream_id
 
     # -- reading ---------------------------------------------------------------------------
     def read(self) -> list[RawEnvelope]:
@@ -189,6 +177,9 @@ class EventConnection:
         completed; finished Gets are handed to their ``done`` on the way. Once the
         connection is over, :attr:`done` is set and this returns ``[]``."""
         if self._ended:
+            return []
+        if self._cancelled:  # what is still in the socket is not handed on
+            self._end(None)
             return []
         envelopes: list[RawEnvelope] = []
         chunks: list[bytes] = []
@@ -212,45 +203,55 @@ class EventConnection:
         if not chunks:
             return envelopes
         data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        self._envelopes = envelopes
         try:
-            events = self._h2.receive_data(data)
-        except h2.exceptions.H2Error as exc:
+            self._http.receive(data)
+        except ProtocolError as exc:
             self._end(ContainerdError(f"event stream: HTTP/2 protocol error: {exc}"))
             return envelopes
-        for event in events:
-            self._handle(event, envelopes)
+        finally:
+            self._envelopes = []
         if not self._ended:
             self._flush()
         return envelopes
 
-    def _handle(self, event: h2.events.Event, envelopes: list[RawEnvelope]) -> None:
-        if isinstance(event, h2.events.DataReceived):
-            self._h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
-            call = self._calls.get(event.stream_id)
-            if call is not None:
-                self._data(event.stream_id, call, event.data or b"", envelopes)
-        elif isinstance(event, h2.events.ResponseReceived | h2.events.TrailersReceived):
-            call = self._calls.get(event.stream_id)
-            if call is not None:
-                fields = dict(event.headers or ())
-                if b"grpc-status" in fields:
-                    message = _unquote(bytes(fields.get(b"grpc-message", b"")))
-                    call.status = (_int(fields[b"grpc-status"]), message)
-        elif isinstance(event, h2.events.StreamEnded):
-            self._finish(event.stream_id, None)
-        elif isinstance(event, h2.events.StreamReset):
-            what = f"stream reset by containerd (HTTP/2 error {event.error_code})"
-            self._finish(event.stream_id, ContainerdUnavailable(what))
-        elif isinstance(event, h2.events.ConnectionTerminated):
-            self._end(ContainerdUnavailable("event stream: containerd ended the connection"))
+    # -- the codec's handler (http2.Handler) -------------------------------------------------
+    def on_headers(self, tag: object, fields: list[tuple[bytes, bytes]], end: bool) -> None:
+        assert isinstance(tag, _Call)
+        status = message = None
+        for name, value in fields:
+            if name == b"grpc-status":
+                status = value
+            elif name == b"grpc-message":
+                message = value
+        if status is not None:
+            tag.status = (_int(status), _unquote(message) if message else "")
+        if end:
+            self._finish(tag, None)
 
-    def _data(self, stream_id: int, call: _Call, data: bytes, envelopes: list[RawEnvelope]) -> None:
+    def on_data(self, tag: object, data: bytes, end: bool) -> None:
+        assert isinstance(tag, _Call)
+        if tag in self._calls:
+            self._data(tag, data, self._envelopes)
+        if end:
+            self._finish(tag, None)
+
+    def on_reset(self, tag: object, code: int) -> None:
+        assert isinstance(tag, _Call)
+        # this call only: the connection goes on (a Get fails, counted, not retried)
+        self._finish(tag, ContainerdError(f"{tag.what}: reset by containerd (HTTP/2 error {code})"))
+
+    def on_goaway(self, code: int, debug: bytes) -> None:
+        why = f" ({debug.decode('utf-8', 'replace')})" if debug else ""
+        self._end(ContainerdUnavailable(f"event stream: containerd ended the connection{why}"))
+
+    def _data(self, call: _Call, data: bytes, envelopes: list[RawEnvelope]) -> None:
         buffer = call.buffer
         buffer += data
         while len(buffer) >= 5:
             compressed, length = _PREFIX.unpack_from(buffer)
             if compressed or length > self._max_message:
-                self._fail_call(stream_id, f"unreadable message ({length} bytes)")
+                self._fail_call(call, f"unreadable message ({length} bytes)")
                 return
             if len(buffer) < 5 + length:
                 return
@@ -275,17 +276,17 @@ class EventConnection:
                 )
             )
 
-    def _fail_call(self, stream_id: int, problem: str) -> None:
-        call = self._calls.get(stream_id)
-        with contextlib.suppress(h2.exceptions.H2Error):
-            self._h2.reset_stream(stream_id)
-        if call is not None:
-            self._finish(stream_id, ContainerdError(f"{call.what}: {problem}"))
+    def _fail_call(self, call: _Call, problem: str) -> None:
+        if call.stream is not None:
+            self._http.cancel(call.stream)
+        self._finish(call, ContainerdError(f"{call.what}: {problem}"))
 
-    def _finish(self, stream_id: int, error: ContainerdError | None) -> None:
-        call = self._calls.pop(stream_id, None)
-        if call is None:
+    def _finish(self, call: _Call, error: ContainerdError | None) -> None:
+        if call not in self._calls:
             return
+        self._calls.discard(call)
+        if error is None and call.buffer:
+            error = ContainerdError(f"{call.what}: the answer ended inside a message")
         if error is None and call.status is not None and call.status[0] != 0:
             error = self._status_error(call.status[0], call.status[1], call.what)
         if error is None and call.status is None:
@@ -295,13 +296,15 @@ class EventConnection:
             return
         if error is None and len(call.messages) != 1:
             error = ContainerdError(f"{call.what}: {len(call.messages)} messages, not one")
-        call.done(call.messages[0] if error is None else None, error)
+        _answer(call, call.messages[0] if error is None else None, error)
 
     # -- sending and ending -------------------------------------------------------------------
     def _flush(self) -> None:
-        data = self._h2.data_to_send()
-        if not data:
+        outbound = self._http.outbound
+        if not outbound:
             return
+        data = bytes(outbound)
+        outbound.clear()
         try:
             sent = self._sock.send(data)
         except BlockingIOError:
@@ -328,11 +331,11 @@ class EventConnection:
         self._ended = True
         if not self._cancelled:
             self.error = error
-        calls, self._calls = self._calls, {}
-        for call in calls.values():
+        calls, self._calls = self._calls, set()
+        self.done.set()  # before the callbacks: whatever they do, the end is known
+        for call in calls:
             if call.done is not None:
-                call.done(None, error or ContainerdUnavailable(f"{call.what}: cancelled"))
-        self.done.set()
+                _answer(call, None, error or ContainerdUnavailable(f"{call.what}: cancelled"))
 
     def cancel(self) -> None:
         """Ends the connection from any thread: :attr:`done` is set now, and the reader
@@ -347,6 +350,15 @@ class EventConnection:
         self._cancelled = True
         self._end(None)
         self._sock.close()
+
+
+def _answer(call: _Call, response: bytes | None, error: ContainerdError | None) -> None:
+    """Hands a Get its outcome; a callback's bug costs that Get, not the connection."""
+    assert call.done is not None
+    try:
+        call.done(response, error)
+    except Exception:
+        _tlog.log(logging.ERROR, "done", "%s: its callback failed", call.what, exc_info=True)
 
 
 def _int(value: bytes) -> int:
