@@ -15,11 +15,10 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 from otelbridge.core import ids, semconv
 from otelbridge.core.model import ReclaimRecord
-from otelbridge.emit.spans import cached_kv, kv
+from otelbridge.emit import wire
 
 _SAMPLED = 0x01
 _HAS_IS_REMOTE = 0x100  # SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE_MASK (and "not remote")
-_INTERNAL = Span.SpanKind.SPAN_KIND_INTERNAL
 _ERROR = Status.StatusCode.STATUS_CODE_ERROR
 
 
@@ -33,39 +32,38 @@ def build_reclaim_span(reclaim: ReclaimRecord) -> Span:
     """The ``snapshot.reclaim`` span of one reclaim. Pure: the same record always gives
     the same span, IDs included."""
     identity = reclaim_identity(reclaim)
-    attrs = [
-        kv(semconv.CONTAINER_ID, reclaim.key.id),
-        cached_kv(semconv.CONTAINERD_NAMESPACE, reclaim.key.namespace),
-        kv(semconv.OB_GC_SNAPSHOT_KEY, reclaim.snapshot_key),  # unique: never cached
-        cached_kv(semconv.OB_GC_DEGRADED, reclaim.degraded),
-    ]
+    attrs = (
+        wire.attribute(semconv.CONTAINER_ID, reclaim.key.id)
+        + wire.cached_attribute(semconv.CONTAINERD_NAMESPACE, reclaim.key.namespace)
+        + wire.attribute(semconv.OB_GC_SNAPSHOT_KEY, reclaim.snapshot_key)  # unique
+        + wire.cached_attribute(semconv.OB_GC_DEGRADED, reclaim.degraded)
+    )
     if reclaim.leaked:  # rare: set only when true, like otelbridge.gc.overlap
-        attrs.append(cached_kv(semconv.OB_GC_LEAKED, True))
+        attrs += wire.cached_attribute(semconv.OB_GC_LEAKED, True)
     if reclaim.snapshotter:
-        attrs.append(cached_kv(semconv.CONTAINERD_SNAPSHOTTER, reclaim.snapshotter))
-    status = None
+        attrs += wire.cached_attribute(semconv.CONTAINERD_SNAPSHOTTER, reclaim.snapshotter)
+    span = Span.FromString(
+        wire.span(
+            wire.trace_fields(ids.trace_id(identity), "", _SAMPLED | _HAS_IS_REMOTE),
+            span_id=ids.span_id(identity, semconv.SPAN_SNAPSHOT_RECLAIM),
+            parent_span_id=b"",
+            name=semconv.SPAN_SNAPSHOT_RECLAIM,
+            start_ns=reclaim.start_ns,
+            end_ns=max(reclaim.end_ns, reclaim.start_ns),
+            attributes=attrs,
+        )
+    )
     if reclaim.leaked:
-        status = Status(
-            code=_ERROR,
-            message=f"the snapshot was reported leaked; removed {reclaim.duration_s:.3f} s "
-            "after the container's deletion",
+        span.status.code = _ERROR
+        span.status.message = (
+            f"the snapshot was reported leaked; removed {reclaim.duration_s:.3f} s "
+            "after the container's deletion"
         )
     elif reclaim.degraded:
-        status = Status(
-            code=_ERROR,
-            message=f"snapshot reclaim took {reclaim.duration_s:.3f} s, over the GC budget",
+        span.status.code = _ERROR
+        span.status.message = (
+            f"snapshot reclaim took {reclaim.duration_s:.3f} s, over the GC budget"
         )
-    span = Span(
-        trace_id=ids.trace_id(identity),
-        span_id=ids.span_id(identity, semconv.SPAN_SNAPSHOT_RECLAIM),
-        flags=_SAMPLED | _HAS_IS_REMOTE,
-        name=semconv.SPAN_SNAPSHOT_RECLAIM,
-        kind=_INTERNAL,
-        start_time_unix_nano=reclaim.start_ns,
-        end_time_unix_nano=max(reclaim.end_ns, reclaim.start_ns),
-        attributes=attrs,
-        status=status,
-    )
     startup = reclaim.startup
     if startup is not None:
         # the container's own startup trace: always recorded, hence sampled; ours, so
