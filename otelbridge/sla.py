@@ -26,11 +26,11 @@ import threading
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from otelbridge.core.clock import Clock
 from otelbridge.core.config import SlaConfig
-from otelbridge.core.model import FAILED_OUTCOMES, Outcome, StartupRecord
+from otelbridge.core.model import FAILED_OUTCOMES, Outcome, PhaseBound, StartupRecord
 
 STARTUP_DURATION: Final = "startup_duration"
 SHIM_LAUNCH_TIME: Final = "shim_launch_time"
@@ -140,10 +140,10 @@ def overall(verdicts: Iterable[str]) -> str:
     return Verdict.PASS.value
 
 
-@dataclass(frozen=True, slots=True)
-class StartupFacts:
+class StartupFacts(NamedTuple):
     """What the detailed ``/v1/sla`` tells of one startup: who it was, its trace, how it
-    ended and why, and the moments its phases are drawn from."""
+    ended and why, and the moments its phases are drawn from. (A tuple: one is kept per
+    startup in the window, and building a tuple costs a fraction of a frozen dataclass.)"""
 
     container_id: str
     label: str
@@ -166,8 +166,11 @@ class StartupFacts:
         label: str,
         trace_id: str,
         reason: str,
+        phases: Sequence[PhaseBound] | None = None,
     ) -> StartupFacts:
-        phases, _missing = record.phase_bounds()
+        """``phases``: ``record.phase_bounds()[0]`` when the caller has it already."""
+        if phases is None:
+            phases, _missing = record.phase_bounds()
         return cls(
             container_id=record.key.id,
             label=label,
@@ -244,13 +247,20 @@ class SlaTracker:
         label: str = "",
         trace_id: str = "",
         reason: str = "",
+        phases: Sequence[PhaseBound] | None = None,
     ) -> None:
         """Counts one completed startup in its namespace's window. ``label``,
         ``trace_id`` and ``reason`` (its span's status message) are what the detailed
-        snapshot lists it by."""
+        snapshot lists it by; ``phases`` as :meth:`StartupFacts.of` takes them."""
         namespace = record.key.namespace
         facts = StartupFacts.of(
-            record, measured, self._limits, label=label, trace_id=trace_id, reason=reason
+            record,
+            measured,
+            self._limits,
+            label=label,
+            trace_id=trace_id,
+            reason=reason,
+            phases=phases,
         )
         sample = _Sample(self._clock.now_ns(), not record.partial, dict(measured), facts)
         with self._lock:

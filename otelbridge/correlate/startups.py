@@ -100,6 +100,7 @@ class Correlator:
         self._cfg = config
         self._clock = clock
         self._counters = counters
+        self._completed = counters.cell(semconv.STARTUPS_COMPLETED)  # one writer: us
         self._on_new = on_new
         # asked at /tasks/start: True means ready now (source "started"); False means a
         # readiness source was armed, or will be, and ready() will be called
@@ -438,7 +439,7 @@ class Correlator:
                 self._clock.now_ns() + self._idle_timeout_ns,
                 rec.task_create_ns or rec.start_ns,
             )
-        self._counters.inc(semconv.STARTUPS_COMPLETED)
+        self._completed.value += 1
         if rec.partial:
             self._counters.inc(semconv.STARTUPS_PARTIAL)
         if outcome is Outcome.RECONCILED:

@@ -34,6 +34,7 @@ from otelbridge.core.model import (
     AttrValue,
     Enrichment,
     Outcome,
+    PhaseBound,
     PodContext,
     StartupRecord,
 )
@@ -60,8 +61,13 @@ def kv(key: str, value: AttrValue) -> KeyValue:
     return KeyValue(key=key, value=any_value(value))
 
 
-def build_startup_spans(rec: StartupRecord, enrichment: Enrichment) -> list[Span]:
-    """The spans of one completed startup: ``container.startup`` first, then its phases.
+def build_startup_spans(
+    rec: StartupRecord,
+    enrichment: Enrichment,
+    bounds: tuple[list[PhaseBound], list[str]] | None = None,
+) -> list[Span]:
+    """The spans of one completed startup: ``container.startup`` first, then its phases;
+    ``bounds`` is ``rec.phase_bounds()`` when the caller has it already.
 
     Pure: the same record and enrichment always give the same spans, IDs included.
     """
@@ -88,7 +94,7 @@ def build_startup_spans(rec: StartupRecord, enrichment: Enrichment) -> list[Span
     end_ns = rec.end_ns if rec.end_ns is not None else rec.start_ns
     start_ns = rec.start_ns
 
-    phases, missing = rec.phase_bounds()
+    phases, missing = bounds if bounds is not None else rec.phase_bounds()
     attrs = wire.attributes(enrichment.attributes)
     if missing:
         attrs += wire.attribute(semconv.OB_MISSING_PHASES, missing)

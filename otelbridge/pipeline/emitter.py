@@ -58,6 +58,7 @@ class Emitter:
         self._enricher = enricher
         self._enrich_config = enrich_config
         self._counters = counters
+        self._emitted = counters.cell(semconv.SPANS_EMITTED)  # event thread only
         self._sla = sla_tracker
         self._gc = gc
         self._pods = pods
@@ -82,7 +83,8 @@ class Emitter:
             enrichment = self._enricher.enrich(record, measured)
             if self._gc.overlaps(record):
                 enrichment.attributes.append((semconv.OB_GC_OVERLAP, True))
-            spans = build_startup_spans(record, enrichment)
+            bounds = record.phase_bounds()
+            spans = build_startup_spans(record, enrichment, bounds)
             if self.on_spans is not None:
                 self.on_spans(record, spans)
             root = spans[0]  # container.startup comes first
@@ -92,10 +94,11 @@ class Emitter:
                 label=startup_label(dict(enrichment.attributes)),
                 trace_id=root.trace_id.hex(),
                 reason=root.status.message,
+                phases=bounds[0],
             )
             if self._on_measured is not None:
                 self._on_measured(record, measured)
-            self._counters.inc(semconv.SPANS_EMITTED, len(spans))
+            self._emitted.value += len(spans)
             self._sink.submit(spans)
             self._pods.observe(record)
             if self.on_emitted is not None:
@@ -112,7 +115,7 @@ class Emitter:
         """Builds and hands on a ``snapshot.reclaim`` span."""
         try:
             span = build_reclaim_span(reclaim)
-            self._counters.inc(semconv.SPANS_EMITTED)
+            self._emitted.value += 1
             self._sink.submit([span])
         except Exception:  # a bug must cost one span, not the daemon
             self._counters.inc(semconv.PIPELINE_ERRORS)
@@ -135,7 +138,7 @@ class Emitter:
                 attributes=attrs,
                 error=pod.error,
             )
-            self._counters.inc(semconv.SPANS_EMITTED)
+            self._emitted.value += 1
             self._counters.inc(semconv.PODS_COMPLETED)
             self._sink.submit([span])
         except Exception:  # a bug must cost one pod span, not the daemon
