@@ -412,6 +412,9 @@ class _Lane:
         engine = self.engine
         storage = engine.storage
         config = engine.config
+        # read before the flags a shutdown or a flush sets ahead of its wake(): a wake
+        # that comes after this line ends the wait below even if it came before the wait
+        epoch = storage.epoch()
         closing = engine.stopping
         if closing and engine.past_deadline():
             return False
@@ -421,14 +424,14 @@ class _Lane:
                 return False
             # nothing to send: sleep until an entry comes (a wait ends on it, and on wake),
             # not a schedule delay at a time (issue 12: an idle bridge polled here)
-            storage.wait(self.name, 1, _EMPTY_WAIT_S)
+            storage.wait(self.name, 1, _EMPTY_WAIT_S, epoch)
             return True
         flushing = self._flush_target > storage.cursor(self.name)
         if len(entries) < config.max_batch_size and not closing and not flushing:
             due = self._last_send + config.schedule_delay_s
             now = time.monotonic()
             if now < due:  # let a fuller batch gather
-                storage.wait(self.name, config.max_batch_size, due - now)
+                storage.wait(self.name, config.max_batch_size, due - now, epoch)
                 return True
         self._send(entries)
         self._last_send = time.monotonic()

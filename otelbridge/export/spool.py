@@ -425,9 +425,9 @@ class StateStore:
         with self._cond:
             return self._newest
 
-    def wait(self, lane: str, count: int, timeout_s: float) -> None:
+    def wait(self, lane: str, count: int, timeout_s: float, since: int | None = None) -> None:
         with self._cond:
-            wakes = self._wakes
+            wakes = self._wakes if since is None else since
             self._wanted[lane] = count
             try:
                 self._cond.wait_for(
@@ -455,6 +455,10 @@ class StateStore:
         except sqlite3.Error:
             return True  # let the lane read and find out
         return int(row[0]) >= count
+
+    def epoch(self) -> int:
+        with self._cond:
+            return self._wakes
 
     def wake(self) -> None:
         with self._cond:

@@ -68,9 +68,15 @@ class Storage(Protocol):
         """The id of the newest entry ever stored (0: none)."""
         ...
 
-    def wait(self, lane: str, count: int, timeout_s: float) -> None:
+    def wait(self, lane: str, count: int, timeout_s: float, since: int | None = None) -> None:
         """Returns once ``lane`` has ``count`` entries after its cursor, after
-        ``timeout_s``, or after :meth:`wake`."""
+        ``timeout_s``, or after :meth:`wake`. With ``since`` (an :meth:`epoch` read
+        before the caller looked at what made it decide to wait) a wake that came in
+        between ends the wait at once: it is not lost."""
+        ...
+
+    def epoch(self) -> int:
+        """How many times :meth:`wake` was called."""
         ...
 
     def wake(self) -> None:
@@ -181,9 +187,9 @@ class MemoryStorage:
         with self._cond:
             return self._next_id - 1
 
-    def wait(self, lane: str, count: int, timeout_s: float) -> None:
+    def wait(self, lane: str, count: int, timeout_s: float, since: int | None = None) -> None:
         with self._cond:
-            wakes = self._wakes
+            wakes = self._wakes if since is None else since
             self._wanted[lane] = count
             try:
                 self._cond.wait_for(
@@ -194,6 +200,10 @@ class MemoryStorage:
                 )
             finally:
                 del self._wanted[lane]
+
+    def epoch(self) -> int:
+        with self._cond:
+            return self._wakes
 
     def wake(self) -> None:
         with self._cond:

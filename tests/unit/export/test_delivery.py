@@ -226,6 +226,8 @@ class ProbedStorage:
         self.waits = 0
         self.reads = 0
         self.failing_reads = 0
+        #: called once, on the lane's thread, after a read that found nothing
+        self.after_empty_read: Callable[[], None] | None = None
 
     def attach(self, lanes: Sequence[str]) -> None:
         self.inner.attach(lanes)
@@ -238,7 +240,12 @@ class ProbedStorage:
         if self.failing_reads > 0:
             self.failing_reads -= 1
             raise RuntimeError("injected: the storage has a bug")
-        return self.inner.read(lane, limit)
+        entries = self.inner.read(lane, limit)
+        hook = self.after_empty_read
+        if not entries and hook is not None:
+            self.after_empty_read = None
+            hook()
+        return entries
 
     def advance(self, lane: str, upto: int) -> None:
         self.inner.advance(lane, upto)
@@ -249,9 +256,12 @@ class ProbedStorage:
     def newest(self) -> int:
         return self.inner.newest()
 
-    def wait(self, lane: str, count: int, timeout_s: float) -> None:
+    def wait(self, lane: str, count: int, timeout_s: float, since: int | None = None) -> None:
         self.waits += 1
-        self.inner.wait(lane, count, timeout_s)
+        self.inner.wait(lane, count, timeout_s, since)
+
+    def epoch(self) -> int:
+        return self.inner.epoch()
 
     def wake(self) -> None:
         self.inner.wake()
@@ -888,6 +898,32 @@ def test_shutdown_after_start_sends_what_is_queued(
     assert len(grpc_receiver.spans()) == 5
     assert counters.get(semconv.SPANS_EXPORTED) == 5
     wait_until(lambda: not export_threads(), what="the lanes to end")
+
+
+@pytest.mark.parametrize("kind", ["memory", "spool"])
+def test_a_shutdown_between_an_empty_read_and_the_wait_still_ends_the_lane(
+    kind: StorageKind, deliveries: Deliveries
+) -> None:
+    # A CI failure (issue 12's submission): an idle lane found nothing to read, shutdown
+    # then set its stop flag and woke the storage, and only after that did the lane start
+    # its 30 s wait for an entry, so the wake-up was lost, shutdown(5) abandoned the lane
+    # and its thread outlived the test. The hook replays that order on the lane's thread.
+    counters = Counters()
+    probed = ProbedStorage(deliveries.storage(kind, counters))
+    engine = deliveries([ScriptedExporter(name="a")], probed, counters, config=fast_config())
+    stopper = threading.Thread(target=engine.shutdown, args=(5,), daemon=True)
+
+    def shutdown_now() -> None:
+        stopper.start()
+        wait_until(lambda: engine.stopping, what="shutdown to begin")
+        time.sleep(0.05)  # shutdown's wake() has come and gone by now
+
+    probed.after_empty_read = shutdown_now
+    engine.start()
+    wait_until(lambda: stopper.ident is not None, what="the hook to run")
+    stopper.join(10)
+    assert not stopper.is_alive()
+    assert not engine._lanes[0].alive(), "shutdown abandoned a lane that had nothing to send"
 
 
 def test_shutdown_during_an_outage_returns_in_time_and_counts_the_loss(
