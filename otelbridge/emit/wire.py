@@ -161,8 +161,18 @@ def cached_attribute(key: str, value: AttrValue) -> bytes:
 
 
 def attributes(pairs: list[tuple[str, AttrValue]]) -> bytes:
-    """The ``Span.attributes`` entries of ``pairs``, in order."""
-    return b"".join([cached_attribute(k, v) for k, v in pairs])
+    """The ``Span.attributes`` entries of ``pairs``, in order: :func:`cached_attribute`
+    of each, its common case (a string value) inlined, as this runs for every span."""
+    cache = _attr_cache
+    per_container = _PER_CONTAINER
+    out = []
+    for pair in pairs:
+        found = cache.get(pair) if type(pair[1]) is str else None
+        if found is None:
+            key, value = pair
+            found = attribute(key, value) if key in per_container else cached_attribute(key, value)
+        out.append(found)
+    return b"".join(out)
 
 
 def trace_fields(trace_id: bytes, trace_state: str, flags: int) -> bytes:

@@ -388,6 +388,28 @@ def test_admit_keeps_the_parsed_context_and_only_the_selected_labels() -> None:
     assert (kept.id, kept.image, kept.created_at_ns) == (info.id, info.image, info.created_at_ns)
 
 
+def test_admit_builds_every_field_of_the_record() -> None:
+    # admit() calls ContainerInfo(...) with each field rather than dataclasses.replace (a
+    # third of its cost): a field added to ContainerInfo must be added there too, or it
+    # would silently fall back to its default in every admitted record
+    assert [f.name for f in dataclasses.fields(ContainerInfo)] == [
+        "namespace", "id", "image", "runtime", "snapshotter", "snapshot_key",
+        "created_at_ns", "labels", "annotations", "env", "dropped", "trace", "readiness",
+        "cri", "pod",
+    ]  # fmt: skip
+    info = container(labels={"team": "rt"})
+    kept = Enricher(EnrichConfig(label_attributes=("team",)), Counters()).admit(
+        dataclasses.replace(info, dropped=2, readiness="tcp://127.0.0.1:80")
+    )
+    assert (kept.namespace, kept.id, kept.image, kept.runtime, kept.snapshotter) == (
+        info.namespace, info.id, info.image, info.runtime, info.snapshotter,
+    )  # fmt: skip
+    assert (kept.created_at_ns, kept.dropped, kept.readiness) == (
+        info.created_at_ns, 2, "tcp://127.0.0.1:80",
+    )  # fmt: skip
+    assert dict(kept.labels) == {"team": "rt"} and kept.trace is not None
+
+
 def test_admit_bounds_what_a_hostile_record_leaves_behind() -> None:
     huge = "k=" + "v" * 200_000
     info = container(
